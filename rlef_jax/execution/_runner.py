@@ -1,0 +1,568 @@
+"""The in-sandbox test runner: a tiny standard-library-only Python process (started `python -I -S`).
+
+One runner lives inside one sandbox (bwrap, or the weaker fallback) and serves jobs from the host over
+length-prefixed JSON on stdin/stdout. It compiles each program once, then forks one child per
+stdin/stdout test, or one child per batch of function tests (restarted after a failure that kills it),
+so tests pay a fork (~2 ms) instead of an interpreter start. Each child drops to an unprivileged uid
+(when the runner is root), sets rlimits and no_new_privs, gets a fresh private working directory and a
+clean environment. The runner enforces wall-clock deadlines and output caps, and after every test kills
+every other process it can reach (in bwrap it is PID 1 of its own PID namespace, so `kill(-1)` reaches
+exactly the test's processes, daemons included, and the test cannot signal it back).
+
+Expected outputs never reach this process: it only reports what the program did; the host judges.
+Never import anything from rlef_jax here: this file runs inside the sandbox on its own.
+"""
+import ctypes
+import io
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import struct
+import sys
+import time
+import traceback
+import types
+
+CONFIG = json.loads(sys.argv[1])
+PID1 = os.getpid() == 1
+RUNNER_FILE = os.path.abspath(__file__)
+_codec = {}
+exec(compile(open(CONFIG["codec"]).read(), "<codec>", "exec"), _codec)
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+ERR_CAP = 64 << 10
+TERM_GRACE_S = 0.1
+TB_FRAMES = 50
+CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+             "PYTHONIOENCODING": "utf-8"}
+
+
+def _recv():
+    head = _read_exact(4)
+    if head is None:
+        return None
+    return json.loads(_read_exact(struct.unpack(">I", head)[0]))
+
+
+def _read_exact(n):
+    chunks, got = [], 0
+    while got < n:
+        b = os.read(0, n - got)
+        if not b:
+            return None
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def _send(msg):
+    data = json.dumps(msg).encode()
+    data = struct.pack(">I", len(data)) + data
+    while data:
+        data = data[os.write(1, data):]
+
+
+# ----------------------------------------------------------------------------------------------- child
+def _clean_traceback(exc):
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__, limit=-TB_FRAMES, compact=True)
+    for t in _chain(te):
+        t.stack = traceback.StackSummary.from_list(
+            [f for f in t.stack if f.filename not in (RUNNER_FILE, "<codec>")])
+    text = "".join(te.format())
+    for prefix, alias in CONFIG.get("path_aliases", []):
+        text = text.replace(prefix, alias)
+    return text.replace(os.getcwd() + "/", "")
+
+
+def _chain(te):
+    seen = []
+    while te is not None and te not in seen:
+        seen.append(te)
+        te = te.__cause__ or te.__context__
+    return seen
+
+
+def _enter_child(limits, workdir, stdin_fd, out_w, err_w, res_w, cpu_s):
+    """Runs in the forked child: isolate, limit, redirect. Never returns on failure."""
+    try:
+        os.setsid()
+        for fd, target in ((stdin_fd, 0), (out_w, 1), (err_w, 2), (res_w, 3)):
+            os.dup2(fd, target)
+        os.closerange(4, 1 << 16)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if os.geteuid() == 0 and CONFIG.get("uid") is not None:
+            if CONFIG.get("path_fds"):
+                _paths_through_fds()
+            os.setgroups([])
+            os.setresgid(CONFIG["gid"], CONFIG["gid"], CONFIG["gid"])
+            os.setresuid(CONFIG["uid"], CONFIG["uid"], CONFIG["uid"])
+        if not PID1:
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        mem = limits["memory_bytes"]
+        for res, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_DATA, mem, mem),
+                                (resource.RLIMIT_STACK, min(mem, 256 << 20), min(mem, 256 << 20)),
+                                (resource.RLIMIT_CPU, cpu_s, cpu_s + 1),
+                                (resource.RLIMIT_FSIZE, limits["file_bytes"], limits["file_bytes"]),
+                                (resource.RLIMIT_NPROC, limits["processes"], limits["processes"]),
+                                (resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"]),
+                                (resource.RLIMIT_CORE, 0, 0)):
+            try:
+                resource.setrlimit(res, (soft, hard))
+            except (ValueError, OSError):
+                h = resource.getrlimit(res)[1]
+                resource.setrlimit(res, (min(soft, h) if h >= 0 else soft, h))
+        os.chdir(workdir)
+        os.environ.clear()
+        os.environ.update(CHILD_ENV, HOME=workdir, TMPDIR=workdir)
+        sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
+                                                     encoding="utf-8", errors="replace")
+        sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
+                                                       encoding="utf-8", errors="backslashreplace")
+        sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                                       errors="backslashreplace", write_through=True)
+        sys.argv = ["main.py"]
+    except BaseException:
+        os._exit(120)
+
+
+def _paths_through_fds():
+    """Weak mode as root: reach sys.path through directory fds opened before dropping privileges, so
+    an interpreter under a private home (e.g. /root/.pyenv) still imports after setuid."""
+    mapping = {}
+    for p in sys.path:
+        if os.path.isdir(p):
+            fd = os.open(p, os.O_PATH | os.O_DIRECTORY)
+            mapping[p] = f"/proc/self/fd/{fd}"
+            CONFIG.setdefault("path_aliases", []).insert(0, [mapping[p], p])
+
+    def rewrite(path):
+        for old, new in mapping.items():
+            if path == old or path.startswith(old + "/"):
+                return new + path[len(old):]
+        return path
+
+    sys.path[:] = [rewrite(p) for p in sys.path]
+    for m in list(sys.modules.values()):
+        if isinstance(getattr(m, "__path__", None), list):
+            m.__path__[:] = [rewrite(p) for p in m.__path__]
+    sys.path_importer_cache.clear()
+
+
+def _report(msg):
+    data = (json.dumps(msg) + "\n").encode()
+    while data:
+        data = data[os.write(3, data):]
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
+def _new_main():
+    module = types.ModuleType("__main__")
+    module.__dict__["__builtins__"] = __builtins__
+    sys.modules["__main__"] = module
+    return module.__dict__
+
+
+def _exception_report(exc, i=None):
+    msg = {"exc": type(exc).__name__, "oom": isinstance(exc, MemoryError), "tb": _clean_traceback(exc)}
+    if i is not None:
+        msg["i"] = i
+    return msg
+
+
+def _child_stdio(code):
+    status = 0
+    try:
+        exec(code, _new_main())
+    except SystemExit as e:
+        if e.code is None or e.code is True or e.code is False:
+            status = int(bool(e.code))
+        elif isinstance(e.code, int):
+            status = e.code & 0xFF
+        else:
+            print(e.code, file=sys.stderr)
+            status = 1
+    except BaseException as e:
+        _flush()
+        try:
+            _report(_exception_report(e))
+            sys.stderr.write(_clean_traceback(e))
+        except BaseException:
+            pass
+        status = 1
+    try:
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
+        import atexit
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    _flush()
+    os._exit(status)
+
+
+def _child_function(code, entry_point, cases, start):
+    g = _new_main()
+    try:
+        exec(code, g)
+    except BaseException as e:
+        _report(dict(_exception_report(e), module=True))
+        os._exit(1)
+    _flush()
+    _report({"ready": True})
+    for i in range(start, len(cases)):
+        case = cases[i]
+        try:
+            if "args" in case:
+                fn = g.get(entry_point)
+                if fn is None:
+                    raise NameError(f"name {entry_point!r} is not defined")
+                value = fn(*_codec["loads"](case["args"]))
+                msg = {"i": i, "value": json.dumps(_codec["encode"](value), allow_nan=False)}
+            else:
+                exec(compile(case["code"], "<test>", "exec"), g)
+                msg = {"i": i, "ok": True}
+        except BaseException as e:
+            msg = _exception_report(e, i)
+        _flush()
+        _report(msg)
+    os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------------- runner
+class _Run:
+    """Supervises one forked child: pipes, deadline, output cap, result lines."""
+
+    def __init__(self, limits, target, stdin_bytes, n_cases):
+        self.limits = limits
+        self.workdir = _fresh_workdir()
+        stdin_fd = os.memfd_create("stdin")
+        if stdin_bytes:
+            os.write(stdin_fd, stdin_bytes)
+        os.lseek(stdin_fd, 0, 0)
+        pipes = [os.pipe() for _ in range(3)]
+        cpu_s = int(limits["time_s"] * max(1, n_cases)) + 1
+        self.t0 = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            _enter_child(limits, self.workdir, stdin_fd, pipes[0][1], pipes[1][1], pipes[2][1], cpu_s)
+            target()
+        self.pid = pid
+        os.close(stdin_fd)
+        for r, w in pipes:
+            os.close(w)
+            os.set_blocking(r, False)
+        self.out_r, self.err_r, self.res_r = (p[0] for p in pipes)
+        self.pidfd = os.pidfd_open(pid)
+        self.out, self.err, self.res = bytearray(), bytearray(), bytearray()
+        self.messages = []
+        self.status = self.rusage = None
+        self.deadline = self.t0 + limits["time_s"]
+
+    def _read(self, fd):
+        try:
+            b = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return None
+        if fd == self.out_r:
+            self.out += b
+        elif fd == self.err_r:
+            if len(self.err) < ERR_CAP:
+                self.err += b[:ERR_CAP - len(self.err)]
+        else:
+            self.res += b
+            while b"\n" in self.res:
+                line, _, rest = self.res.partition(b"\n")
+                self.res = bytearray(rest)
+                try:
+                    self.messages.append(json.loads(line))
+                except ValueError:
+                    self.messages.append({"garbled": True})
+        return b
+
+    def wait(self, on_message=None, keep_stdout=True):
+        """Runs until the child exits ('exited'), overruns ('timeout'), or overflows ('output_limit')."""
+        poller = select.poll()
+        open_fds = {self.out_r, self.err_r, self.res_r}
+        for fd in open_fds | {self.pidfd}:
+            poller.register(fd, select.POLLIN)
+        seen = 0
+        outcome = None
+        while outcome is None:
+            timeout_ms = max(0, int((self.deadline - time.monotonic()) * 1000) + 1)
+            events = poller.poll(timeout_ms)
+            exited = False
+            for fd, _ in events:
+                if fd == self.pidfd:
+                    exited = True
+                elif self._read(fd) == b"":
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+            if not keep_stdout and len(self.out) > (1 << 16):
+                del self.out[:]
+            if len(self.out) > self.limits["output_bytes"]:
+                outcome = "output_limit"
+            while on_message and seen < len(self.messages):
+                on_message(self, self.messages[seen])
+                seen += 1
+            if outcome is None and exited:
+                for fd in list(open_fds):
+                    while self._read(fd):
+                        pass
+                while on_message and seen < len(self.messages):
+                    on_message(self, self.messages[seen])
+                    seen += 1
+                _, self.status, self.rusage = os.wait4(self.pid, 0)
+                outcome = "exited"
+            elif outcome is None and time.monotonic() >= self.deadline:
+                outcome = "timeout"
+        self.elapsed = time.monotonic() - self.t0
+        if self.status is None:
+            _signal_all(signal.SIGTERM)
+            select.select([self.pidfd], [], [], TERM_GRACE_S)
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _, self.status, self.rusage = os.wait4(self.pid, 0)
+        _kill_leftovers()
+        for fd in (self.out_r, self.err_r, self.res_r, self.pidfd):
+            os.close(fd)
+        _fresh_workdir()
+        return outcome
+
+    def exit_info(self):
+        info = {"stderr": self.err.decode("utf-8", "replace"),
+                "cpu_s": self.rusage.ru_utime + self.rusage.ru_stime}
+        if os.WIFSIGNALED(self.status):
+            info["signal"] = os.WTERMSIG(self.status)
+        else:
+            info["exit_code"] = os.WEXITSTATUS(self.status)
+        return info
+
+
+def _fresh_workdir():
+    """The runner's one working directory, emptied and re-owned before every test (cheaper than a
+    mkdir/rmdir pair per test on slow filesystems; nothing survives from one test to the next)."""
+    path = os.path.join(CONFIG["work"], "cwd")
+    if os.path.lexists(path):
+        if os.path.islink(path) or not os.path.isdir(path):
+            os.unlink(path)
+        elif any(True for _ in os.scandir(path)):
+            shutil.rmtree(path, onerror=_force_remove)
+    if not os.path.isdir(path):
+        os.mkdir(path, 0o700)
+    os.chmod(path, 0o700)
+    if os.geteuid() == 0 and CONFIG.get("uid") is not None:
+        os.chown(path, CONFIG["uid"], CONFIG["gid"])
+    return path
+
+
+def _force_remove(func, path, _):
+    try:
+        os.chmod(os.path.dirname(path), 0o700)
+        os.chmod(path, 0o700)
+        func(path)
+    except OSError:
+        pass
+
+
+def _signal_all(sig):
+    if PID1:
+        try:
+            os.kill(-1, sig)
+        except ProcessLookupError:
+            pass
+    elif os.geteuid() == 0 and CONFIG.get("uid") is not None:
+        _signal_uid(sig)
+    else:
+        for pid in _children():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _signal_uid(sig):
+    """Weak mode as root: a helper with the tests' uid signals everything with that uid (kill(-1))."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setresuid(CONFIG["uid"], CONFIG["uid"], CONFIG["uid"])
+            os.kill(-1, sig)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _children():
+    me, kids = str(os.getpid()), []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == me:
+                        kids.append(int(name))
+            except (OSError, IndexError):
+                pass
+    return kids
+
+
+def _reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _uid_has_processes():
+    uid = str(CONFIG["uid"])
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/status") as f:
+                    text = f.read()
+                if text.split("Uid:")[1].split()[0] == uid:
+                    return True
+            except (OSError, IndexError):
+                pass
+    return False
+
+
+def _kill_leftovers():
+    """Kill and reap every process but this runner (and its helpers); loop until none is left."""
+    for _ in range(10000):
+        if PID1:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                _reap()
+                return
+            _reap()
+        elif os.geteuid() == 0 and CONFIG.get("uid") is not None:
+            _reap()
+            if not _uid_has_processes():
+                return
+            _signal_uid(signal.SIGKILL)
+        else:
+            _reap()
+            kids = _children()
+            if not kids:
+                return
+            for pid in kids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.0005)
+
+
+def _stdio_job(job, code):
+    for i, text in enumerate(job["cases"]):
+        run = _Run(job["limits"], lambda: _child_stdio(code), text.encode("utf-8", "surrogateescape"), 1)
+        errors = []
+        outcome = run.wait(lambda r, m: errors.append(m))
+        msg = dict(run.exit_info(), type="case", i=i, outcome=outcome, time_s=run.elapsed,
+                   stdout=bytes(run.out[:job["limits"]["output_bytes"]]).decode("utf-8", "replace"))
+        if errors and "tb" in errors[-1]:
+            msg.update(exc=errors[-1]["exc"], oom=errors[-1]["oom"], tb=errors[-1]["tb"])
+        _send(msg)
+
+
+def _function_job(job, code):
+    cases, n, i = job["cases"], len(job["cases"]), 0
+    limits = job["limits"]
+    while i < n:
+        state = {"next": i, "module_error": None}
+
+        def on_message(run, m, state=state):
+            if m.get("ready"):
+                run.deadline = time.monotonic() + limits["time_s"]
+                state["t"] = time.monotonic()
+                return
+            if m.get("module"):
+                state["module_error"] = m
+                return
+            if m.get("i") != state["next"] or m.get("garbled"):
+                state["garbled"] = True
+                return
+            now = time.monotonic()
+            _send(dict(m, type="case", outcome="reported", time_s=now - state.get("t", run.t0)))
+            state["next"] += 1
+            state["t"] = now
+            run.deadline = now + limits["time_s"]
+
+        run = _Run(limits, lambda: _child_function(code, job["entry_point"], cases, i), b"", n - i + 1)
+        outcome = run.wait(on_message, keep_stdout=False)
+        info = run.exit_info()
+        j = state["next"]
+        if state["module_error"] is not None or "t" not in state:
+            err = state["module_error"] or {}
+            for k in range(j, n):
+                _send(dict(info, **err, type="case", i=k, outcome="module_failed", time_s=run.elapsed))
+            return
+        if j < n:
+            why = "garbled" if state.get("garbled") else outcome
+            _send(dict(info, type="case", i=j, outcome=why, time_s=time.monotonic() - state.get("t", run.t0)))
+            j += 1
+        i = j
+
+
+def _serve():
+    os.makedirs(CONFIG["work"], exist_ok=True)
+    while True:
+        job = _recv()
+        if job is None:
+            return
+        try:
+            code = compile(job["program"], "main.py", "exec", dont_inherit=True)
+            import linecache
+            linecache.cache["main.py"] = (len(job["program"]), None, job["program"].splitlines(True), "main.py")
+            _send({"type": "program", "syntax_error": None})
+        except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
+            text = "".join(traceback.format_exception_only(type(e), e))
+            _send({"type": "program", "syntax_error": text})
+            _send({"type": "done"})
+            continue
+        if job["kind"] == "stdio":
+            _stdio_job(job, code)
+        else:
+            _function_job(job, code)
+        _send({"type": "done"})
+
+
+def main():
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    if not PID1:
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        if os.getppid() != CONFIG.get("parent", os.getppid()):
+            return
+    sys.path.extend(CONFIG.get("extra_path", []))
+    try:
+        _serve()
+    finally:
+        _kill_leftovers()
+        if not PID1:
+            shutil.rmtree(CONFIG["work"], onerror=_force_remove)
+
+
+if __name__ == "__main__":
+    main()
