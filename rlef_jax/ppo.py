@@ -1,0 +1,350 @@
+"""RLEF's PPO update (paper §3): train state, optimizers, per-turn targets and one jitted update step.
+
+The pure mathematics lives in `rlef_jax.losses`; this module wires it to the policy (`model.Llama`)
+and the separate value network (`model.LlamaValue`, same backbone, fresh scalar head):
+
+* `make_logprob_fn` / `make_value_fn`: full-forward per-token log-probs (the trainer's π_θold and the
+  frozen reference ρ) and turn values V(c_t) read at the last prompt token of each turn;
+* `compute_turn_targets`: KL-in-reward, returns (γ = 1) and normalised advantages for a whole round;
+* `make_optimizers`: AdamW with linear warm-up (paper App. A.1), separate value learning rate;
+* `make_update_step`: one jitted, donated, optionally sharded optimizer step of both networks on a
+  minibatch (the trainer runs `rl.updates_per_round` of them per collection round).
+
+Shape letters: B episodes, L tokens, T turns, V vocabulary, M microbatches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlef_jax import losses
+
+_MISSING = object()
+
+MINIBATCH_KEYS = ("tokens_BxL", "policy_mask_BxL", "turn_id_BxL", "behaviour_logp_BxL",
+                  "old_logp_BxL", "advantages_BxT", "returns_BxT", "old_values_BxT",
+                  "value_index_BxT", "turn_mask_BxT")
+
+
+def _field(cfg: Any, name: str, default: Any = _MISSING) -> Any:
+  """Reads `cfg.name` from a ConfigDict, a dict or a dataclass; a missing field without default raises."""
+  if isinstance(cfg, dict):
+    value = cfg.get(name, default)
+  else:
+    value = getattr(cfg, name, default)
+  if value is _MISSING:
+    raise ValueError(f"the config has no field {name!r}; start from rlef_jax.config.base_config()")
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOSettings:
+  """The `config.rl` fields the update uses (paper App. A.1 values by default)."""
+  clip_eps: float = 0.2
+  value_clip: float = 0.2
+  kl_coef: float = 0.05
+  gamma: float = 1.0
+  kl_clamp: float = 20.0
+  advantage_norm: str = "batch"
+  behaviour_correction: bool = True
+  loss_aggregation: str = "token_mean"
+
+  @classmethod
+  def from_config(cls, rl_config: Any) -> "PPOSettings":
+    if isinstance(rl_config, cls):
+      return rl_config
+    s = cls(**{f.name: _field(rl_config, f.name, f.default) for f in dataclasses.fields(cls)})
+    if not 0 < s.clip_eps < 1:
+      raise ValueError(f"config.rl.clip_eps must be in (0, 1), got {s.clip_eps}")
+    if s.value_clip <= 0:
+      raise ValueError(f"config.rl.value_clip must be > 0, got {s.value_clip}")
+    if s.advantage_norm not in ("batch", "none"):
+      raise ValueError(f"config.rl.advantage_norm must be 'batch' or 'none', got {s.advantage_norm!r}")
+    if s.loss_aggregation not in losses.AGGREGATIONS:
+      raise ValueError(f"config.rl.loss_aggregation must be one of {losses.AGGREGATIONS}, "
+                       f"got {s.loss_aggregation!r}")
+    return s
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything an update changes; a pytree, so it checkpoints and donates as one."""
+  policy_params: Any
+  value_params: Any
+  policy_opt_state: Any
+  value_opt_state: Any
+  step: jax.Array
+  rng: jax.Array
+
+
+def init_train_state(policy_params, value_params, policy_opt: optax.GradientTransformation,
+                     value_opt: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  return TrainState(policy_params, value_params, policy_opt.init(policy_params),
+                    value_opt.init(value_params), jnp.zeros((), jnp.int32), rng)
+
+
+def learning_rate_schedule(peak: float, warmup_steps: int, after_warmup: str = "constant",
+                           total_steps: Optional[int] = None) -> Callable[[jax.Array], jax.Array]:
+  """Linear warm-up to `peak` over `warmup_steps` updates (paper App. A.1), then [U] constant,
+  cosine or linear decay to 0 at `total_steps`. Update k (from 0) uses peak·(k+1)/warmup while warming.
+  """
+  if after_warmup not in ("constant", "cosine", "linear"):
+    raise ValueError(f"config.optim.schedule_after_warmup must be 'constant', 'cosine' or 'linear', "
+                     f"got {after_warmup!r}")
+  if after_warmup != "constant" and (total_steps is None or total_steps <= warmup_steps):
+    raise ValueError(f"a {after_warmup!r} decay needs total_steps (config.train.num_updates) above "
+                     f"warmup_steps ({warmup_steps}), got {total_steps}")
+
+  def schedule(count):
+    count = jnp.asarray(count, jnp.float32)
+    warm = jnp.minimum(1.0, (count + 1.0) / warmup_steps) if warmup_steps > 0 else 1.0
+    if after_warmup == "constant":
+      return peak * warm
+    frac = jnp.clip((count - warmup_steps) / (total_steps - warmup_steps), 0.0, 1.0)
+    decay = 0.5 * (1.0 + jnp.cos(math.pi * frac)) if after_warmup == "cosine" else 1.0 - frac
+    return peak * warm * decay
+
+  return schedule
+
+
+def _decay_mask(params):
+  """[U] weight decay on matrices only (not RMSNorm scales or the value head's bias)."""
+  return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
+
+
+def make_optimizers(optim_config: Any, total_steps: Optional[int] = None
+                    ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+  """(policy, value) AdamW optimizers with gradient clipping and warm-up (paper App. A.1).
+
+  `optim_config` is `config.optim`; `total_steps` (`config.train.num_updates`) is needed by the cosine
+  and linear schedules.
+  """
+  clip_norm = _field(optim_config, "grad_clip_norm")
+
+  def build(lr):
+    schedule = learning_rate_schedule(lr, _field(optim_config, "warmup_steps"),
+                                      _field(optim_config, "schedule_after_warmup"), total_steps)
+    adamw = optax.adamw(schedule, b1=_field(optim_config, "b1"), b2=_field(optim_config, "b2"),
+                        eps=_field(optim_config, "eps"),
+                        weight_decay=_field(optim_config, "weight_decay"), mask=_decay_mask)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip_norm > 0 else adamw
+
+  return build(_field(optim_config, "lr")), build(_field(optim_config, "value_lr"))
+
+
+def _values_at_BxT(values_BxL: jax.Array, value_index_BxT: jax.Array) -> jax.Array:
+  index_BxT = jnp.clip(value_index_BxT, 0, values_BxL.shape[1] - 1)
+  return jnp.take_along_axis(values_BxL, index_BxT, axis=1)
+
+
+def _under_mesh(fn: Callable, mesh: Optional[jax.sharding.Mesh]) -> Callable:
+  """`fn` traced and run under `sharding.use_mesh(mesh)` (activation constraints on) when a mesh is given."""
+  if mesh is None:
+    return fn
+  from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  def run(*args):
+    with sharding.use_mesh(mesh):
+      return fn(*args)
+  return run
+
+
+def make_logprob_fn(model: nn.Module, mesh: Optional[jax.sharding.Mesh] = None
+                    ) -> Callable[[Any, jax.Array], jax.Array]:
+  """Jitted `logp_BxL = fn(params, tokens_BxL)`: log p(tokens[b, i] | tokens[b, :i]), 0 at i = 0.
+
+  One full causal forward (right padding is harmless); used for π_θold before the updates of a round
+  and for the frozen initial policy ρ of the KL penalty (paper §2).
+  """
+
+  @jax.jit
+  def logprobs(params, tokens_BxL):
+    logits_BxLxV, _ = model.apply({"params": params}, tokens_BxL)
+    lse_BxL = jax.nn.logsumexp(logits_BxLxV[:, :-1], axis=-1)
+    picked_BxL = jnp.take_along_axis(logits_BxLxV[:, :-1], tokens_BxL[:, 1:, None], axis=-1)[..., 0]
+    return jnp.pad(picked_BxL - lse_BxL, ((0, 0), (1, 0)))
+
+  return _under_mesh(logprobs, mesh)
+
+
+def make_value_fn(value_model: nn.Module, mesh: Optional[jax.sharding.Mesh] = None
+                  ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+  """Jitted `values_BxT = fn(value_params, tokens_BxL, value_index_BxT)`: V(c_t) read at the last
+  prompt token before each turn's response (paper §3)."""
+
+  @jax.jit
+  def values(value_params, tokens_BxL, value_index_BxT):
+    values_BxL = value_model.apply({"params": value_params}, tokens_BxL)
+    return _values_at_BxT(values_BxL, value_index_BxT)
+
+  return _under_mesh(values, mesh)
+
+
+def compute_turn_targets(task_rewards_BxT: jax.Array, policy_logp_BxL: jax.Array,
+                         ref_logp_BxL: jax.Array, turn_id_BxL: jax.Array, turn_mask_BxT: jax.Array,
+                         values_BxT: jax.Array, rl_config: Any) -> dict[str, jax.Array]:
+  """Per-turn KL, reward, return and advantage of a collection round (paper §2 and §3).
+
+  KL_t = mean over turn t's tokens of (log π − log ρ); R_t = r_t − β·KL_t; G_t = Σ_{i≥t} γ^{i−t} R_i;
+  A_t = G_t − V(c_t), normalised over the valid turns of the arrays passed in when
+  `rl.advantage_norm == "batch"` (pass the whole round to normalise over the round).
+  """
+  s = PPOSettings.from_config(rl_config)
+  T = task_rewards_BxT.shape[1]
+  kl_BxT = losses.turn_kl_BxT(policy_logp_BxL, ref_logp_BxL, turn_id_BxL, T,
+                              clamp=s.kl_clamp if s.kl_clamp > 0 else None)
+  kl_BxT = jnp.where(turn_mask_BxT.astype(bool), kl_BxT, 0.0)
+  rewards_BxT = losses.turn_rewards_BxT(task_rewards_BxT, kl_BxT, turn_mask_BxT, s.kl_coef)
+  returns_BxT = losses.returns_BxT(rewards_BxT, turn_mask_BxT, s.gamma)
+  advantages_BxT = losses.advantages_BxT(returns_BxT, values_BxT, turn_mask_BxT,
+                                         normalize=s.advantage_norm == "batch")
+  return {"kl_BxT": kl_BxT, "rewards_BxT": rewards_BxT, "returns_BxT": returns_BxT,
+          "advantages_BxT": advantages_BxT}
+
+
+def _check_minibatch(batch: dict[str, Any], num_microbatches: int) -> dict[str, Any]:
+  """The minibatch's `MINIBATCH_KEYS` entries, after checking their presence and shapes."""
+  missing = [k for k in MINIBATCH_KEYS if k not in batch]
+  if missing:
+    raise ValueError(f"the minibatch lacks {missing}; it needs exactly {list(MINIBATCH_KEYS)}")
+  B, L = batch["tokens_BxL"].shape
+  T = batch["turn_mask_BxT"].shape[1]
+  for k in MINIBATCH_KEYS:
+    want = (B, L) if k.endswith("BxL") else (B, T)
+    if tuple(batch[k].shape) != want:
+      raise ValueError(f"minibatch[{k!r}] has shape {tuple(batch[k].shape)}, expected {want} "
+                       f"(B={B} from tokens_BxL, L={L}, T={T} from turn_mask_BxT)")
+  if B % num_microbatches:
+    raise ValueError(f"minibatch size {B} is not divisible by num_microbatches={num_microbatches}")
+  return {k: batch[k] for k in MINIBATCH_KEYS}
+
+
+def _policy_loss_fn(policy_model, s: PPOSettings):
+  def loss_fn(params, mb):
+    logits_BxLxV, _ = policy_model.apply({"params": params}, mb["tokens_BxL"])
+    logp_BxL, entropy_BxL = losses.token_logp_and_entropy(logits_BxLxV, mb["tokens_BxL"])
+    loss, metrics = losses.policy_loss(
+        logp_BxL, mb["old_logp_BxL"], mb["behaviour_logp_BxL"], mb["advantages_BxL"],
+        mb["token_weights_BxL"], s.clip_eps, s.behaviour_correction)
+    w_BxL = mb["token_weights_BxL"]
+    metrics["entropy"] = jnp.sum(w_BxL * entropy_BxL)
+    metrics["behaviour_logp_gap"] = jnp.sum(
+        w_BxL * jnp.abs(jax.lax.stop_gradient(logp_BxL) - mb["behaviour_logp_BxL"]))
+    return loss, metrics
+  return loss_fn
+
+
+def _value_loss_fn(value_model, s: PPOSettings):
+  def loss_fn(params, mb):
+    values_BxL = value_model.apply({"params": params}, mb["tokens_BxL"])
+    values_BxT = _values_at_BxT(values_BxL, mb["value_index_BxT"])
+    loss, metrics = losses.value_loss(values_BxT, mb["old_values_BxT"], mb["returns_BxT"],
+                                      mb["turn_weights_BxT"], s.value_clip)
+    return loss, (metrics, values_BxT)
+  return loss_fn
+
+
+def _accumulate(grad_fn, params, micro: dict[str, jax.Array], num_microbatches: int):
+  """Sums `((loss, aux), grads)` of `grad_fn` over the leading microbatch axis of `micro` (the loss
+  weights are already global, so the sum is the minibatch's value); also returns the stacked auxes."""
+  if num_microbatches == 1:
+    out = grad_fn(params, jax.tree.map(lambda x: x[0], micro))
+    return out, jax.tree.map(lambda a: a[None], out[0][1])
+  first = jax.tree.map(lambda x: x[0], micro)
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(grad_fn, params, first))
+
+  def body(acc, mb):
+    out = grad_fn(params, mb)
+    return jax.tree.map(jnp.add, acc, out), out[0][1]
+
+  return jax.lax.scan(body, zeros, micro)
+
+
+def make_update_step(policy_model: nn.Module, value_model: nn.Module,
+                     policy_opt: optax.GradientTransformation, value_opt: optax.GradientTransformation,
+                     rl_config: Any, mesh: Optional[jax.sharding.Mesh] = None,
+                     num_microbatches: int = 1
+                     ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
+  """`update(state, minibatch) -> (state, metrics)`: one AdamW step of policy and value (paper §3).
+
+  The minibatch (keys `MINIBATCH_KEYS`, B rows) is split into `num_microbatches` chunks whose gradients
+  are summed; loss weights are computed over the whole minibatch first, so the result equals one pass
+  over all B rows. The state is donated. With a `mesh`, the update is traced under the logical-axis
+  rules (activations constrained), the state keeps the shardings it arrives with and the batch is
+  sharded over the data axes.
+  """
+  s = PPOSettings.from_config(rl_config)
+  if num_microbatches < 1:
+    raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
+  policy_grad = jax.value_and_grad(_policy_loss_fn(policy_model, s), has_aux=True)
+  value_grad = jax.value_and_grad(_value_loss_fn(value_model, s), has_aux=True)
+
+  def update(state: TrainState, batch: dict[str, jax.Array]):
+    B, T = batch["turn_mask_BxT"].shape
+    M = num_microbatches
+    derived = dict(batch)
+    derived["token_weights_BxL"] = losses.token_weights_BxL(
+        batch["policy_mask_BxL"], batch["turn_id_BxL"], T, s.loss_aggregation)
+    derived["turn_weights_BxT"] = losses.turn_weights_BxT(batch["turn_mask_BxT"])
+    derived["advantages_BxL"] = losses.broadcast_to_tokens_BxL(batch["advantages_BxT"],
+                                                               batch["turn_id_BxL"])
+    micro = jax.tree.map(lambda x: x.reshape((M, B // M) + x.shape[1:]), derived)
+
+    (p_loss, p_metrics), p_grads = _accumulate(policy_grad, state.policy_params, micro, M)[0]
+    ((v_loss, (v_metrics, _)), v_grads), (_, values_MxBxT) = _accumulate(
+        value_grad, state.value_params, micro, M)
+    values_BxT = values_MxBxT.reshape(B, T)
+
+    p_updates, p_opt = policy_opt.update(p_grads, state.policy_opt_state, state.policy_params)
+    v_updates, v_opt = value_opt.update(v_grads, state.value_opt_state, state.value_params)
+    new_state = state.replace(
+        policy_params=optax.apply_updates(state.policy_params, p_updates),
+        value_params=optax.apply_updates(state.value_params, v_updates),
+        policy_opt_state=p_opt, value_opt_state=v_opt, step=state.step + 1)
+    metrics = {"policy_loss": p_loss, "value_loss": v_loss,
+               "policy_grad_norm": optax.global_norm(p_grads),
+               "value_grad_norm": optax.global_norm(v_grads),
+               "explained_variance": losses.explained_variance(
+                   values_BxT, batch["returns_BxT"], batch["turn_mask_BxT"]),
+               **{f"pg_{k}": v for k, v in p_metrics.items()},
+               **{f"vf_{k}": v for k, v in v_metrics.items()}}
+    return new_state, metrics
+
+  if mesh is None:
+    jitted = jax.jit(update, donate_argnums=0)
+
+    def run(state, batch):
+      return jitted(state, _check_minibatch(batch, num_microbatches))
+    return run
+
+  from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
+  compiled: dict[Any, Callable] = {}
+
+  def run_sharded(state, batch):
+    batch = _check_minibatch(batch, num_microbatches)
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch["tokens_BxL"].shape[0] % split:
+      raise ValueError(f"minibatch size {batch['tokens_BxL'].shape[0]} must be a multiple of the "
+                       f"mesh's data × fsdp = {split}")
+    key = jax.tree.structure(state)
+    if key not in compiled:
+      named = lambda x: isinstance(x.sharding, jax.sharding.NamedSharding)
+      state_shardings = jax.tree.map(
+          lambda x: x.sharding if named(x) else sharding.replicated(mesh), state)
+      batch_shardings = {k: sharding.data_sharding(mesh, jnp.ndim(v)) for k, v in batch.items()}
+      jitted = jax.jit(update, in_shardings=(state_shardings, batch_shardings),
+                       out_shardings=(state_shardings, None), donate_argnums=0)
+      compiled[key] = (jitted, state_shardings)
+    jitted, state_shardings = compiled[key]
+    with sharding.use_mesh(mesh):
+      return jitted(jax.device_put(state, state_shardings), batch)
+
+  return run_sharded

@@ -1,0 +1,214 @@
+"""Jitted batched generation with the KV cache (paper §2.1 multi-turn dialogues, App. A.1 sampling).
+
+`generate` appends one right-padded chunk of new tokens per row to an existing `KVCache` in a single
+model call (prefill), then decodes in a `lax.while_loop` until every row has stopped. A dialogue's next
+turn is another `generate` call on the returned cache with the feedback tokens as the new chunk: the
+history is never recomputed. After a call the cache holds, per row, the old tokens, the new chunk and
+every generated token (the stop token included), so the next chunk continues right after them.
+
+Log-probs are returned under two distributions: the one actually sampled from (temperature-scaled,
+top-p-truncated and renormalised; 0 for greedy, a point mass) and the raw model at temperature 1, which
+is the behaviour policy π_b of the PPO correction when training samples at T = 1 (paper §3).
+
+Shape letters: B rows, L new tokens, S cache length, T generated tokens (`max_new_tokens`), V vocab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlef_jax.model import KVCache
+
+
+@flax.struct.dataclass
+class SampleOutput:
+  """What `generate` returns; positions at or past `lengths_B[b]` hold `pad_id` and log-prob 0.
+
+  `stopped_B`: the row ended on a stop id (its last token). `out_of_cache_B`: the row was cut short
+  because its cache was full (one slot per row stays free, see `generate`).
+  """
+  tokens_BxT: jax.Array
+  logprobs_BxT: jax.Array
+  raw_logprobs_BxT: jax.Array
+  lengths_B: jax.Array
+  stopped_B: jax.Array
+  out_of_cache_B: jax.Array
+  cache: KVCache
+
+
+def sampling_logprobs_BxV(logits_BxV: jax.Array, temperature: float, top_p: float) -> jax.Array:
+  """Log-probs of the distribution sampled from: softmax(logits / temperature) restricted to the
+  nucleus (the fewest most-likely tokens whose mass reaches `top_p`, ties at its edge included) and
+  renormalised; −inf outside. Needs temperature > 0.
+  """
+  scaled_BxV = logits_BxV.astype(jnp.float32) / temperature
+  if top_p < 1.0:
+    sorted_BxV = -jnp.sort(-scaled_BxV, axis=-1)
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    num_kept_B = jnp.maximum(jnp.sum(mass_before_BxV < top_p, axis=-1), 1)
+    threshold_B = jnp.take_along_axis(sorted_BxV, num_kept_B[:, None] - 1, axis=-1)
+    scaled_BxV = jnp.where(scaled_BxV >= threshold_B, scaled_BxV, -jnp.inf)
+  return jax.nn.log_softmax(scaled_BxV, axis=-1)
+
+
+def _sample_B(logits_BxV, rng, temperature, top_p):
+  """(token, log-prob under the sampling distribution, log-prob under the raw T = 1 model)."""
+  raw_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
+  if temperature == 0.0:
+    token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    logp_B = jnp.zeros(token_B.shape, jnp.float32)
+  else:
+    logq_BxV = sampling_logprobs_BxV(logits_BxV, temperature, top_p)
+    token_B = jax.random.categorical(rng, logq_BxV, axis=-1).astype(jnp.int32)
+    logp_B = jnp.take_along_axis(logq_BxV, token_B[:, None], axis=-1)[:, 0]
+  raw_B = jnp.take_along_axis(raw_BxV, token_B[:, None], axis=-1)[:, 0]
+  return token_B, logp_B, raw_B
+
+
+@functools.partial(
+    jax.jit, donate_argnames=("cache",),
+    static_argnames=("model", "max_new_tokens", "temperature", "top_p", "stop_ids", "pad_id", "mesh"))
+def _generate(params, cache, new_tokens_BxL, num_new_B, active_B, rng, *, model, max_new_tokens,
+              temperature, top_p, stop_ids, pad_id, mesh):
+  del mesh  # only part of the compilation key: tracing under a mesh adds sharding constraints
+  B, S = new_tokens_BxL.shape[0], cache.k_NxBxSxKxDh.shape[2]
+  T = max_new_tokens
+  stop_ids_K = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+  is_stop = lambda tok_B: jnp.any(tok_B[:, None] == stop_ids_K[None, :], axis=-1)
+  index_T = jnp.arange(T, dtype=jnp.int32)
+
+  logits_BxLxV, cache = model.apply({"params": params}, new_tokens_BxL, cache=cache,
+                                    num_new_B=num_new_B)
+  last_B = jnp.maximum(num_new_B - 1, 0)
+  logits_BxV = jnp.take_along_axis(logits_BxLxV, last_B[:, None, None], axis=1)[:, 0]
+  # Each generated token is written to the cache; a row keeps one slot free because the model
+  # writes a (discarded) pad token at every row's end in each decoding step.
+  budget_B = jnp.where(active_B, jnp.clip(S - 1 - cache.lengths_B, 0, T), 0)
+
+  rng, key = jax.random.split(rng)
+  token_B, logp_B, raw_B = _sample_B(logits_BxV, key, temperature, top_p)
+  go_B = budget_B > 0
+  first_BxT = (index_T[None, :] == 0) & go_B[:, None]
+  tokens_BxT = jnp.where(first_BxT, token_B[:, None], pad_id).astype(jnp.int32)
+  logprobs_BxT = jnp.where(first_BxT, logp_B[:, None], 0.0)
+  raw_logprobs_BxT = jnp.where(first_BxT, raw_B[:, None], 0.0)
+  n_B = go_B.astype(jnp.int32)
+  stopped_B = go_B & is_stop(token_B)
+  carry = dict(tokens_BxT=tokens_BxT, logprobs_BxT=logprobs_BxT, raw_logprobs_BxT=raw_logprobs_BxT,
+               n_B=n_B, stopped_B=stopped_B, finished_B=~go_B | stopped_B | (n_B >= budget_B),
+               pending_B=go_B, last_B=jnp.where(go_B, token_B, pad_id), cache=cache, rng=rng)
+
+  def cond(c):
+    return jnp.any(c["pending_B"])
+
+  def body(c):
+    logits_Bx1xV, cache = model.apply({"params": params}, c["last_B"][:, None], cache=c["cache"],
+                                      num_new_B=c["pending_B"].astype(jnp.int32))
+    rng, key = jax.random.split(c["rng"])
+    token_B, logp_B, raw_B = _sample_B(logits_Bx1xV[:, 0], key, temperature, top_p)
+    go_B = ~c["finished_B"]
+    at_BxT = (index_T[None, :] == c["n_B"][:, None]) & go_B[:, None]
+    n_B = c["n_B"] + go_B
+    stop_B = go_B & is_stop(token_B)
+    return dict(
+        tokens_BxT=jnp.where(at_BxT, token_B[:, None], c["tokens_BxT"]),
+        logprobs_BxT=jnp.where(at_BxT, logp_B[:, None], c["logprobs_BxT"]),
+        raw_logprobs_BxT=jnp.where(at_BxT, raw_B[:, None], c["raw_logprobs_BxT"]),
+        n_B=n_B, stopped_B=c["stopped_B"] | stop_B,
+        finished_B=c["finished_B"] | stop_B | (n_B >= budget_B),
+        pending_B=go_B, last_B=jnp.where(go_B, token_B, pad_id), cache=cache, rng=rng)
+
+  c = jax.lax.while_loop(cond, body, carry)
+  out_of_cache_B = active_B & ~c["stopped_B"] & (c["n_B"] == budget_B) & (budget_B < T)
+  return SampleOutput(c["tokens_BxT"], c["logprobs_BxT"], c["raw_logprobs_BxT"], c["n_B"],
+                      c["stopped_B"], out_of_cache_B, c["cache"])
+
+
+def _check_inputs(cache, new_tokens_BxL, num_new_B, active_B, max_new_tokens, temperature,
+                  top_p) -> None:
+  if not isinstance(cache, KVCache):
+    raise ValueError(f"generate needs a rlef_jax.model.KVCache (model.init_cache), got "
+                     f"{type(cache).__name__}")
+  if new_tokens_BxL.ndim != 2 or new_tokens_BxL.shape[1] < 1:
+    raise ValueError(f"new_tokens_BxL must be [batch, length >= 1], got shape {new_tokens_BxL.shape}")
+  B, L = new_tokens_BxL.shape
+  S = cache.k_NxBxSxKxDh.shape[2]
+  if cache.lengths_B.shape != (B,):
+    raise ValueError(f"cache has batch size {cache.lengths_B.shape[0]} but new_tokens_BxL has {B} "
+                     "rows; build the cache with init_cache(config, batch_size, max_length)")
+  if num_new_B.shape != (B,) or active_B.shape != (B,):
+    raise ValueError(f"num_new_B and active_B must have shape ({B},), got {num_new_B.shape} and "
+                     f"{active_B.shape}")
+  if np.any(num_new_B < 0) or np.any(num_new_B > L):
+    raise ValueError(f"num_new_B must lie in [0, {L}] (the chunk length), got {num_new_B.tolist()}")
+  if np.any(active_B & (num_new_B == 0)):
+    rows = np.flatnonzero(active_B & (num_new_B == 0)).tolist()
+    raise ValueError(f"rows {rows} are active but have num_new_B == 0: a row continues from its last "
+                     "new token, so give it at least one (or mark it inactive with active_B)")
+  lengths_B = np.asarray(cache.lengths_B)
+  if lengths_B.max() + L > S:
+    raise ValueError(f"the cache is too short: a row already holds {lengths_B.max()} tokens and the "
+                     f"chunk has {L}, more than the cache length {S}; allocate a longer cache")
+  if np.any(lengths_B + num_new_B > S - 1):
+    raise ValueError(f"the cache is too short: after the new chunk a row would hold "
+                     f"{int((lengths_B + num_new_B).max())} of {S} slots and one must stay free; "
+                     "allocate a longer cache")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+  if not 0 < top_p <= 1:
+    raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+
+
+def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Array, *,
+             model: nn.Module, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+             stop_ids: Sequence[int] = (), pad_id: int = 0, active_B=None,
+             mesh: Optional[jax.sharding.Mesh] = None) -> SampleOutput:
+  """Appends `new_tokens_BxL` to `cache` and samples up to `max_new_tokens` tokens per active row.
+
+  Args:
+    params: the policy's params (`model.apply({"params": params}, ...)`).
+    cache: the rows' KV cache; DONATED (use the returned `SampleOutput.cache`).
+    new_tokens_BxL: right-padded chunk; row b's first `num_new_B[b]` tokens are real.
+    num_new_B: real tokens per row; 0 only for inactive rows (their cache is left as it was).
+    rng: PRNG key for sampling (unused when temperature is 0).
+    model: the `Llama` module.
+    max_new_tokens: most tokens generated per row (static: one compilation per value).
+    temperature: 0 = greedy (sampling log-probs are then 0); training uses 1 (paper App. A.1).
+    top_p: nucleus mass, 1 = off (evaluation uses 0.95 at temperature 0.2, paper §3.1).
+    stop_ids: a row ends after emitting one of these (e.g. `<|eot_id|>`, `<|end_of_text|>`).
+    pad_id: written after a row's end.
+    active_B: rows to generate for (default all); inactive rows generate nothing.
+    mesh: when given, tracing runs under `sharding.use_mesh(mesh)`, so activations and the cache are
+      constrained by the logical-axis rules; pass params/cache already placed on their shardings.
+
+  A row stops at a stop id, at `max_new_tokens`, or when its cache has one free slot left (flagged
+  in `out_of_cache_B`). Inputs are checked on the host first (this reads `cache.lengths_B`).
+  """
+  new_tokens_BxL = jnp.asarray(new_tokens_BxL, jnp.int32)
+  num_new_np = np.asarray(num_new_B, np.int32)
+  active_np = (np.ones(num_new_np.shape, bool) if active_B is None
+               else np.asarray(active_B, bool))
+  _check_inputs(cache, new_tokens_BxL, num_new_np, active_np, max_new_tokens, temperature, top_p)
+  stop_ids = tuple(sorted({int(t) for t in stop_ids}))
+  if cache.k_NxBxSxKxDh is cache.v_NxBxSxKxDh:  # one buffer cannot be donated twice
+    cache = cache.replace(v_NxBxSxKxDh=jnp.copy(cache.v_NxBxSxKxDh))
+  context = contextlib.nullcontext()
+  if mesh is not None:
+    from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
+    context = sharding.use_mesh(mesh)
+  with context:
+    return _generate(params, cache, new_tokens_BxL, jnp.asarray(num_new_np), jnp.asarray(active_np),
+                     rng, model=model, max_new_tokens=int(max_new_tokens),
+                     temperature=float(temperature), top_p=float(top_p), stop_ids=stop_ids,
+                     pad_id=int(pad_id), mesh=mesh)

@@ -1,0 +1,247 @@
+"""The PPO update step (rlef_jax.ppo) on a tiny random Llama policy and value network."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rlef_jax import config as config_lib
+from rlef_jax import model as model_lib
+from rlef_jax import ppo, sharding
+
+V, B, L, T = 48, 4, 24, 3
+CFG = model_lib.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_layers=2,
+                            num_heads=4, num_kv_heads=2, rope_theta=10000.0)
+POLICY = model_lib.Llama(CFG)
+VALUE = model_lib.LlamaValue(CFG)
+OPTIM = dict(lr=3e-3, value_lr=3e-3, weight_decay=0.1, warmup_steps=0, schedule_after_warmup="constant",
+             b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=1.0)
+RL = dict(clip_eps=0.2, value_clip=0.2, kl_coef=0.05, gamma=1.0, kl_clamp=20.0,
+          advantage_norm="batch", behaviour_correction=True)
+
+
+LOGPROB = ppo.make_logprob_fn(POLICY)
+VALUES = ppo.make_value_fn(VALUE)
+SGD = (optax.sgd(0.5), optax.sgd(0.5))  # equivalence tests compare plain gradient steps (Adam
+                                        # would amplify float noise in near-zero gradients)
+
+
+@pytest.fixture(scope="module")
+def adam_update():
+  optimizers = ppo.make_optimizers(OPTIM)
+  return optimizers, ppo.make_update_step(POLICY, VALUE, *optimizers, RL)
+
+
+@pytest.fixture(scope="module")
+def sgd_update():
+  return ppo.make_update_step(POLICY, VALUE, *SGD, dict(RL, loss_aggregation="turn_mean"))
+
+
+@pytest.fixture(scope="module")
+def nets():
+  policy = jax.device_get(POLICY.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+  value = jax.device_get(model_lib.value_params_from_policy(policy, jax.random.key(1), CFG))
+  return policy, value
+
+
+def _episodes(seed):
+  """Dialogues laid out as prompt, response, feedback, response, ... with the per-turn arrays."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(1, V, (B, L)).astype(np.int32)
+  turn_id = np.full((B, L), -1, np.int32)
+  turn_mask = np.zeros((B, T), np.float32)
+  value_index = np.zeros((B, T), np.int32)
+  for b in range(B):
+    pos = rng.integers(2, 5)
+    for t in range(rng.integers(1, T + 1)):
+      n = rng.integers(2, 5)
+      value_index[b, t] = pos - 1
+      turn_id[b, pos:pos + n] = t
+      turn_mask[b, t] = 1
+      pos += n + rng.integers(1, 3)
+  return rng, tokens, turn_id, turn_mask, value_index
+
+
+def _minibatch(nets, seed=0):
+  policy, value = nets
+  rng, tokens, turn_id, turn_mask, value_index = _episodes(seed)
+  old_logp = np.asarray(LOGPROB(policy, jnp.asarray(tokens)))
+  old_values = np.asarray(VALUES(value, jnp.asarray(tokens), jnp.asarray(value_index)))
+  task = rng.choice([-1.0, -0.2, 0.0, 1.0], (B, T)).astype(np.float32)
+  targets = ppo.compute_turn_targets(jnp.asarray(task), jnp.asarray(old_logp),
+                                     jnp.asarray(old_logp + rng.normal(scale=0.1, size=(B, L))),
+                                     jnp.asarray(turn_id), jnp.asarray(turn_mask),
+                                     jnp.asarray(old_values), RL)
+  return dict(tokens_BxL=tokens, policy_mask_BxL=(turn_id >= 0).astype(np.float32), turn_id_BxL=turn_id,
+              behaviour_logp_BxL=old_logp + rng.normal(scale=0.1, size=(B, L)).astype(np.float32),
+              old_logp_BxL=old_logp, advantages_BxT=np.asarray(targets["advantages_BxT"]),
+              returns_BxT=np.asarray(targets["returns_BxT"]), old_values_BxT=old_values,
+              value_index_BxT=value_index, turn_mask_BxT=turn_mask)
+
+
+def _state(nets, optimizers):
+  policy, value = jax.tree.map(np.copy, nets)
+  return ppo.init_train_state(policy, value, *optimizers, jax.random.key(3))
+
+
+def test_logprob_fn_matches_numpy_log_softmax(nets):
+  policy, _ = nets
+  _, tokens, *_ = _episodes(1)
+  logp = np.asarray(LOGPROB(policy, jnp.asarray(tokens)))
+  logits = np.asarray(POLICY.apply({"params": policy}, jnp.asarray(tokens))[0], np.float64)
+  assert np.all(logp[:, 0] == 0.0)
+  for b in range(B):
+    for i in range(1, L):
+      z = logits[b, i - 1]
+      want = z[tokens[b, i]] - z.max() - np.log(np.exp(z - z.max()).sum())
+      np.testing.assert_allclose(logp[b, i], want, rtol=1e-5, atol=1e-5)
+
+
+def test_kl_term_is_zero_when_policy_equals_reference(nets):
+  policy, _ = nets
+  rng, tokens, turn_id, turn_mask, _ = _episodes(2)
+  logprob = LOGPROB
+  reference = jax.tree.map(np.copy, policy)  # the frozen initial policy, still equal to π
+  task = rng.normal(size=(B, T)).astype(np.float32)
+  targets = ppo.compute_turn_targets(task, logprob(policy, tokens), logprob(reference, tokens),
+                                     turn_id, turn_mask, np.zeros((B, T), np.float32), RL)
+  assert np.all(np.asarray(targets["kl_BxT"]) == 0.0)
+  np.testing.assert_array_equal(targets["rewards_BxT"], task * turn_mask)
+
+
+def test_compute_turn_targets_matches_numpy():
+  rng, _, turn_id, turn_mask, _ = _episodes(3)
+  logp = -rng.exponential(size=(B, L)).astype(np.float32)
+  ref = -rng.exponential(size=(B, L)).astype(np.float32)
+  task = rng.normal(size=(B, T)).astype(np.float32)
+  values = rng.normal(size=(B, T)).astype(np.float32)
+  got = ppo.compute_turn_targets(task, logp, ref, turn_id, turn_mask, values, RL)
+  returns = np.zeros((B, T))
+  raw = []
+  for b in range(B):
+    g = 0.0
+    for t in reversed(range(T)):
+      if turn_mask[b, t]:
+        diffs = [logp[b, i] - ref[b, i] for i in range(L) if turn_id[b, i] == t]
+        g += task[b, t] - 0.05 * np.mean(diffs)
+        returns[b, t] = g
+        raw.append(((b, t), g - values[b, t]))
+  np.testing.assert_allclose(got["returns_BxT"], returns, rtol=1e-5, atol=1e-5)
+  a = np.array([x for _, x in raw])
+  for (b, t), x in raw:
+    np.testing.assert_allclose(got["advantages_BxT"][b, t], (x - a.mean()) / (a.std() + 1e-8),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_first_update_losses_equal_hand_computation(nets, adam_update):
+  batch = _minibatch(nets)
+  batch["behaviour_logp_BxL"] = batch["old_logp_BxL"]
+  optimizers, update = adam_update
+  _, metrics = update(_state(nets, optimizers), batch)
+  # At θ = θ_old = θ_b every ratio is 1: the loss is minus the mean advantage over response tokens.
+  adv_tokens = [batch["advantages_BxT"][b, t] for b in range(B) for t in batch["turn_id_BxL"][b] if t >= 0]
+  np.testing.assert_allclose(metrics["policy_loss"], -np.mean(adv_tokens), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics["pg_clip_frac"], 0.0)
+  np.testing.assert_allclose(metrics["pg_correction"], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(metrics["pg_approx_kl"], 0.0, atol=1e-6)
+  # V = V_old, so the clipped value loss is ½ (V − G)² averaged over the turns.
+  mask = batch["turn_mask_BxT"].astype(bool)
+  want_v = 0.5 * np.mean((batch["old_values_BxT"][mask] - batch["returns_BxT"][mask]) ** 2)
+  np.testing.assert_allclose(metrics["value_loss"], want_v, rtol=1e-5)
+
+
+def test_update_decreases_both_losses_on_a_fixed_batch(nets, adam_update):
+  batch = _minibatch(nets, seed=4)
+  optimizers, update = adam_update
+  state = _state(nets, optimizers)
+  history = []
+  for _ in range(6):
+    state, metrics = update(state, batch)
+    history.append(jax.device_get(metrics))
+  assert int(state.step) == 6
+  assert history[-1]["policy_loss"] < history[0]["policy_loss"] - 1e-3
+  assert history[-1]["value_loss"] < history[0]["value_loss"] - 1e-3
+  assert history[-1]["pg_clip_frac"] > 0.0  # the policy moved far enough for PPO's clip to act
+
+
+def test_microbatched_update_equals_one_pass(nets, sgd_update):
+  batch = _minibatch(nets, seed=5)
+  outs = []
+  for update in (sgd_update, ppo.make_update_step(
+      POLICY, VALUE, *SGD, dict(RL, loss_aggregation="turn_mean"), num_microbatches=2)):
+    state, metrics = update(_state(nets, SGD), batch)
+    outs.append(jax.device_get((state.policy_params, state.value_params, metrics)))
+  for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_update_equals_unsharded(nets, sgd_update):
+  batch = _minibatch(nets, seed=6)
+  optimizers = SGD
+  want_state, want_metrics = sgd_update(_state(nets, optimizers), batch)
+
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  policy, value = nets
+  p_shard = sharding.param_shardings(POLICY, mesh, policy)
+  v_shard = sharding.param_shardings(VALUE, mesh, value)
+  state = _state(nets, optimizers)
+  state = state.replace(
+      policy_params=sharding.shard_params(state.policy_params, p_shard),
+      value_params=sharding.shard_params(state.value_params, v_shard),
+      policy_opt_state=jax.device_put(state.policy_opt_state, sharding.opt_state_shardings(
+          optimizers[0], p_shard, sharding.abstract_params(POLICY), mesh)),
+      value_opt_state=jax.device_put(state.value_opt_state, sharding.opt_state_shardings(
+          optimizers[1], v_shard, sharding.abstract_params(VALUE), mesh)))
+  update = ppo.make_update_step(POLICY, VALUE, *optimizers, dict(RL, loss_aggregation="turn_mean"),
+                                mesh=mesh)
+  sharded_logp = ppo.make_logprob_fn(POLICY, mesh=mesh)(state.policy_params, batch["tokens_BxL"])
+  np.testing.assert_allclose(sharded_logp, batch["old_logp_BxL"], rtol=1e-5, atol=1e-5)
+  got_state, got_metrics = update(state, sharding.shard_batch(mesh, batch))
+  for a, b in zip(jax.tree.leaves(jax.device_get(got_state.policy_params)),
+                  jax.tree.leaves(jax.device_get(want_state.policy_params))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.device_get(got_state.value_params)),
+                  jax.tree.leaves(jax.device_get(want_state.value_params))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  for k in want_metrics:
+    np.testing.assert_allclose(got_metrics[k], want_metrics[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  leaf = jax.tree.leaves(got_state.policy_params)[0]
+  want_sharding = jax.tree.leaves(p_shard)[0]
+  assert leaf.sharding.is_equivalent_to(want_sharding, leaf.ndim)
+
+
+def test_learning_rate_schedule():
+  warm = ppo.learning_rate_schedule(2.0, 4)
+  np.testing.assert_allclose([warm(k) for k in range(6)], [0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
+  cosine = ppo.learning_rate_schedule(2.0, 2, "cosine", total_steps=6)
+  np.testing.assert_allclose([cosine(k) for k in (0, 2, 4, 6, 9)], [1.0, 2.0, 1.0, 0.0, 0.0], atol=1e-6)
+  linear = ppo.learning_rate_schedule(2.0, 0, "linear", total_steps=4)
+  np.testing.assert_allclose([linear(k) for k in range(5)], [2.0, 1.5, 1.0, 0.5, 0.0])
+  with pytest.raises(ValueError, match="total_steps"):
+    ppo.learning_rate_schedule(1.0, 10, "cosine")
+
+
+def test_settings_come_from_the_project_config():
+  cfg = config_lib.base_config()
+  settings = ppo.PPOSettings.from_config(cfg.rl)
+  assert (settings.clip_eps, settings.value_clip, settings.kl_coef, settings.gamma) == (0.2, 0.2, 0.05, 1.0)
+  policy_opt, value_opt = ppo.make_optimizers(cfg.optim, total_steps=cfg.train.num_updates)
+  assert policy_opt is not None and value_opt is not None
+  with pytest.raises(ValueError, match="config.rl.advantage_norm"):
+    ppo.PPOSettings.from_config(dict(RL, advantage_norm="episode"))
+
+
+def test_bad_minibatch_is_rejected(nets, adam_update):
+  optimizers, update = adam_update
+  batch = _minibatch(nets)
+  del batch["old_logp_BxL"]
+  with pytest.raises(ValueError, match="old_logp_BxL"):
+    update(_state(nets, optimizers), batch)
+  batch = _minibatch(nets)
+  batch["returns_BxT"] = batch["returns_BxT"][:, :2]
+  with pytest.raises(ValueError, match="returns_BxT"):
+    update(_state(nets, optimizers), batch)
+  with pytest.raises(ValueError, match="num_microbatches"):
+    ppo.make_update_step(POLICY, VALUE, *optimizers, RL, num_microbatches=3)(
+        _state(nets, optimizers), _minibatch(nets))

@@ -1,0 +1,232 @@
+"""The KV-cache sampler against step-by-step full forward passes of a tiny random Llama."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlef_jax import model as model_lib
+from rlef_jax import sampler, sharding
+
+V = 48
+CFG = model_lib.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_layers=2,
+                            num_heads=4, num_kv_heads=2, rope_theta=10000.0)
+MODEL = model_lib.Llama(CFG)
+LMAX = 64  # reference sequences are right-padded to this length (one compilation)
+W, S, NEW = 12, 48, 6  # chunk width, cache length, max_new_tokens shared by most tests (few compilations)
+
+
+@pytest.fixture(scope="module")
+def params():
+  p = MODEL.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  return jax.tree.map(lambda x: x * 2.0, jax.device_get(p))  # sharper, less tie-prone logits
+
+
+@functools.partial(jax.jit)
+def _full_logits(params, tokens_1xL):
+  return MODEL.apply({"params": params}, tokens_1xL)[0][0]
+
+
+def _next_logits(params, seq):
+  """Full-forward logits after `seq` (no cache): the reference for every sampler step."""
+  padded = np.zeros((1, LMAX), np.int32)
+  padded[0, :len(seq)] = seq
+  return np.asarray(_full_logits(params, jnp.asarray(padded))[len(seq) - 1], np.float64)
+
+
+def _log_softmax(z):
+  z = z - z.max()
+  return z - np.log(np.exp(z).sum())
+
+
+def _greedy_ref(params, prefix, n, stop_ids=()):
+  seq, out = list(prefix), []
+  for _ in range(n):
+    tok = int(np.argmax(_next_logits(params, seq)))
+    out.append(tok)
+    seq.append(tok)
+    if tok in stop_ids:
+      break
+  return out
+
+
+def _chunk(rows, width=W):
+  """Right-padded [B, width] chunk and per-row lengths (0-length rows allowed)."""
+  L = max(width, max(len(r) for r in rows))
+  chunk = np.zeros((len(rows), L), np.int32)
+  for b, r in enumerate(rows):
+    chunk[b, :len(r)] = r
+  return chunk, np.array([len(r) for r in rows], np.int32)
+
+
+def _random_rows(rng, lengths):
+  return [rng.integers(1, V, n).tolist() for n in lengths]
+
+
+def _generated(out, b):
+  return np.asarray(out.tokens_BxT)[b, :int(out.lengths_B[b])].tolist()
+
+
+def test_greedy_equals_full_forward_argmax_over_three_turns(params):
+  rng = np.random.default_rng(0)
+  prompts = _random_rows(rng, [5, 9, 2, 12])
+  cache = model_lib.init_cache(CFG, 4, S)
+  chunk, lens = _chunk(prompts)
+  gen = functools.partial(sampler.generate, model=MODEL, temperature=0.0, pad_id=0,
+                          max_new_tokens=NEW)
+  out = gen(params, cache, chunk, lens, jax.random.key(1))
+  histories = []
+  for b in range(4):
+    want = _greedy_ref(params, prompts[b], NEW)
+    assert _generated(out, b) == want
+    histories.append(prompts[b] + want)
+    raw = [_log_softmax(_next_logits(params, histories[b][:len(prompts[b]) + i]))[t]
+           for i, t in enumerate(want)]
+    np.testing.assert_allclose(np.asarray(out.raw_logprobs_BxT)[b], raw, rtol=1e-4, atol=1e-4)
+  assert np.all(np.asarray(out.logprobs_BxT) == 0.0)  # greedy samples from a point mass
+  np.testing.assert_array_equal(out.cache.lengths_B, [len(h) for h in histories])
+
+  # Turn 2 appends feedback to the cache; row 1 sits this turn out (its cache must survive).
+  feedback = _random_rows(rng, [3, 0, 4, 1])
+  chunk, lens = _chunk(feedback)
+  out = gen(params, out.cache, chunk, lens, jax.random.key(2),
+            active_B=np.array([True, False, True, True]))
+  for b in (0, 2, 3):
+    want = _greedy_ref(params, histories[b] + feedback[b], NEW)
+    assert _generated(out, b) == want
+    histories[b] += feedback[b] + want
+  assert int(out.lengths_B[1]) == 0 and not bool(out.stopped_B[1])
+  np.testing.assert_array_equal(out.cache.lengths_B, [len(h) for h in histories])
+
+  # Turn 3: only row 1 continues, after the garbage its idle cache slots received in turn 2.
+  feedback = _random_rows(rng, [0, 2, 0, 0])
+  chunk, lens = _chunk(feedback)
+  out = gen(params, out.cache, chunk, lens, jax.random.key(3),
+            active_B=np.array([False, True, False, False]))
+  assert _generated(out, 1) == _greedy_ref(params, histories[1] + feedback[1], NEW)
+  np.testing.assert_array_equal(np.asarray(out.lengths_B)[[0, 2, 3]], [0, 0, 0])
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.8)])
+def test_logprobs_equal_full_forward_under_the_sampling_distribution(params, temperature, top_p):
+  rng = np.random.default_rng(1)
+  prompts = _random_rows(rng, [4, 7, 3, 6])
+  chunk, lens = _chunk(prompts)
+  out = sampler.generate(params, model_lib.init_cache(CFG, 4, S), chunk, lens, jax.random.key(5),
+                         model=MODEL, max_new_tokens=NEW, temperature=temperature, top_p=top_p)
+  for b in range(4):
+    gen = _generated(out, b)
+    assert len(gen) == NEW
+    for i, tok in enumerate(gen):
+      logits = _next_logits(params, prompts[b] + gen[:i])
+      scaled = logits / temperature
+      order = np.argsort(-scaled)
+      probs = np.exp(_log_softmax(scaled))
+      kept, mass = [], 0.0
+      for j in order:  # the nucleus: most likely first, until the mass reaches top_p
+        if mass >= top_p:
+          break
+        kept.append(j)
+        mass += probs[j]
+      assert tok in kept
+      want = np.log(probs[tok] / sum(probs[j] for j in kept))
+      np.testing.assert_allclose(out.logprobs_BxT[b, i], want, rtol=1e-4, atol=1e-4)
+      np.testing.assert_allclose(out.raw_logprobs_BxT[b, i], _log_softmax(logits)[tok],
+                                 rtol=1e-4, atol=1e-4)
+
+
+def test_top_p_sampling_never_leaves_the_nucleus():
+  rng = np.random.default_rng(2)
+  logits = rng.normal(scale=2.0, size=(6, V)).astype(np.float32)
+  top_p = 0.6
+  logq = np.asarray(sampler.sampling_logprobs_BxV(jnp.asarray(logits), 1.0, top_p))
+  draws = np.asarray(jax.random.categorical(jax.random.key(0), jnp.asarray(logq), axis=-1,
+                                            shape=(4000, 6)))
+  for b in range(6):
+    probs = np.exp(_log_softmax(logits[b].astype(np.float64)))
+    order = np.argsort(-probs)
+    cum = np.cumsum(probs[order])
+    nucleus = set(order[:np.searchsorted(cum, top_p) + 1].tolist())
+    assert set(np.flatnonzero(np.isfinite(logq[b])).tolist()) == nucleus
+    assert set(draws[:, b].tolist()) <= nucleus
+    for j in nucleus:  # empirical frequencies follow the renormalised nucleus probabilities
+      p = probs[j] / sum(probs[k] for k in nucleus)
+      assert abs(np.mean(draws[:, b] == j) - p) < 4 * np.sqrt(p * (1 - p) / 4000) + 1e-3
+
+
+def test_stop_ids_end_rows_independently_and_the_stop_token_is_cached(params):
+  rng = np.random.default_rng(3)
+  prompts = _random_rows(rng, [3, 5, 4, 6])
+  refs = [_greedy_ref(params, p, NEW) for p in prompts]
+  stop = refs[0][2]
+  want_lengths = [r.index(stop) + 1 if stop in r else NEW for r in refs]
+  assert len(set(want_lengths)) > 1, "seed gives no row-to-row difference; pick another"
+  chunk, lens = _chunk(prompts)
+  out = sampler.generate(params, model_lib.init_cache(CFG, 4, S), chunk, lens, jax.random.key(0),
+                         model=MODEL, max_new_tokens=NEW, temperature=0.0, stop_ids=(stop, V + 5),
+                         pad_id=0)
+  np.testing.assert_array_equal(out.lengths_B, want_lengths)
+  np.testing.assert_array_equal(out.stopped_B, [stop in r for r in refs])
+  assert not np.any(out.out_of_cache_B)
+  for b in range(4):
+    n = want_lengths[b]
+    assert _generated(out, b) == refs[b][:n]
+    assert np.all(np.asarray(out.tokens_BxT)[b, n:] == 0)
+    assert np.all(np.asarray(out.raw_logprobs_BxT)[b, n:] == 0.0)
+  np.testing.assert_array_equal(out.cache.lengths_B, [len(p) + n for p, n in zip(prompts, want_lengths)])
+  # The next turn continues after the stop token, which the cache already holds.
+  feedback = _random_rows(rng, [2, 2, 2, 2])
+  chunk, lens = _chunk(feedback)
+  out2 = sampler.generate(params, out.cache, chunk, lens, jax.random.key(0), model=MODEL,
+                          max_new_tokens=NEW, temperature=0.0)
+  for b in range(4):
+    history = prompts[b] + refs[b][:want_lengths[b]] + feedback[b]
+    assert _generated(out2, b) == _greedy_ref(params, history, NEW)
+
+
+def test_rows_stop_before_overflowing_the_cache(params):
+  rng = np.random.default_rng(4)
+  prompts = _random_rows(rng, [12, 4, 10, 1])
+  chunk, lens = _chunk(prompts)
+  out = sampler.generate(params, model_lib.init_cache(CFG, 4, 16), chunk, lens, jax.random.key(0),
+                         model=MODEL, max_new_tokens=NEW, temperature=0.0)
+  np.testing.assert_array_equal(out.lengths_B, [3, 6, 5, 6])  # 16 − 1 free slot − prompt, or NEW
+  np.testing.assert_array_equal(out.out_of_cache_B, [True, False, True, False])
+  np.testing.assert_array_equal(out.cache.lengths_B, [15, 10, 15, 7])
+  for b in range(4):
+    assert _generated(out, b) == _greedy_ref(params, prompts[b], int(out.lengths_B[b]))
+
+
+def test_bad_inputs_raise_clear_errors(params):
+  cache = model_lib.init_cache(CFG, 2, 16)
+  chunk = np.ones((2, 4), np.int32)
+  gen = functools.partial(sampler.generate, params, model=MODEL, max_new_tokens=4)
+  with pytest.raises(ValueError, match="active but have num_new_B == 0"):
+    gen(cache, chunk, np.array([4, 0]), jax.random.key(0))
+  with pytest.raises(ValueError, match="allocate a longer cache"):
+    gen(model_lib.init_cache(CFG, 2, 4), chunk, np.array([4, 4]), jax.random.key(0))
+  with pytest.raises(ValueError, match="top_p"):
+    gen(cache, chunk, np.array([4, 4]), jax.random.key(0), top_p=0.0)
+  with pytest.raises(ValueError, match="temperature"):
+    gen(cache, chunk, np.array([4, 4]), jax.random.key(0), temperature=-1.0)
+  with pytest.raises(ValueError, match="batch size"):
+    gen(model_lib.init_cache(CFG, 3, 16), chunk, np.array([4, 4]), jax.random.key(0))
+
+
+def test_sharded_generation_equals_unsharded(params):
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  rng = np.random.default_rng(5)
+  prompts = _random_rows(rng, [5, 3, 8, 2])
+  chunk, lens = _chunk(prompts)
+  kwargs = dict(model=MODEL, max_new_tokens=NEW, temperature=1.0)
+  want = sampler.generate(params, model_lib.init_cache(CFG, 4, S), chunk, lens, jax.random.key(7),
+                          **kwargs)
+  sharded_params = sharding.shard_params(params, sharding.param_shardings(MODEL, mesh, params))
+  cache = sharding.init_cache(CFG, 4, S, mesh)
+  got = sampler.generate(sharded_params, cache, chunk, lens, jax.random.key(7), mesh=mesh, **kwargs)
+  np.testing.assert_array_equal(got.tokens_BxT, want.tokens_BxT)
+  np.testing.assert_allclose(got.logprobs_BxT, want.logprobs_BxT, rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(got.cache.lengths_B, want.cache.lengths_B)
+  assert got.cache.k_NxBxSxKxDh.sharding.is_equivalent_to(cache.k_NxBxSxKxDh.sharding, 5)
