@@ -1,0 +1,396 @@
+"""The config schema, its validation, model presets and parameter counting.
+
+`base_config()` is the one place where every field is declared (with its meaning and unit); the
+files under `configs/` start from it and override values. Defaults are the paper's values for
+Llama 3.1 8B Instruct (paper §3, App. A.1), except where a field marks the value as our choice for
+something the paper leaves unspecified ([U] in docs/rlef-paper.md).
+
+`llama_config(config.model)` builds the model's `LlamaConfig`; its `num_params()` counts parameters
+from abstract shapes. `validate(config)` checks a whole config against this schema (unknown fields, types, ranges,
+choices, cross-field consistency) and raises one `ValueError` naming the offending field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ml_collections
+from ml_collections import config_dict
+
+from rlef_jax import model, sharding
+
+_ph = config_dict.placeholder
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # Meta's published HF configs (config.json of each model).
+    "llama3.0-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
+                        num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5,
+                        rope_theta=500000.0, rope_scaling=None, max_position_embeddings=8192,
+                        tie_word_embeddings=False),
+    "llama3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
+                        num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5,
+                        rope_theta=500000.0,
+                        rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                          original_max_position_embeddings=8192),
+                        max_position_embeddings=131072, tie_word_embeddings=False),
+    "llama3.1-70b": dict(vocab_size=128256, hidden_size=8192, intermediate_size=28672,
+                         num_layers=80, num_heads=64, num_kv_heads=8, head_dim=128,
+                         rms_norm_eps=1e-5, rope_theta=500000.0,
+                         rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                           original_max_position_embeddings=8192),
+                         max_position_embeddings=131072, tie_word_embeddings=False),
+    "llama3.2-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16,
+                        num_heads=32, num_kv_heads=8, head_dim=64, rms_norm_eps=1e-5,
+                        rope_theta=500000.0,
+                        rope_scaling=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                          original_max_position_embeddings=8192),
+                        max_position_embeddings=131072, tie_word_embeddings=True),
+    "llama3.2-3b": dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_layers=28,
+                        num_heads=24, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5,
+                        rope_theta=500000.0,
+                        rope_scaling=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                          original_max_position_embeddings=8192),
+                        max_position_embeddings=131072, tie_word_embeddings=True),
+    # A CPU-sized Llama for the synthetic task family (vocab from the synthetic tokenizer).
+    "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
+                 num_kv_heads=2, head_dim=32, rms_norm_eps=1e-5, rope_theta=10000.0,
+                 rope_scaling=None, max_position_embeddings=512, tie_word_embeddings=False),
+}
+
+_ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                "num_kv_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling",
+                "max_position_embeddings", "tie_word_embeddings")
+_ROPE_SCALING_FIELDS = ("factor", "low_freq_factor", "high_freq_factor",
+                        "original_max_position_embeddings")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The full schema with the paper's Llama 3.1 8B values as defaults."""
+  c = ml_collections.ConfigDict()
+
+  c.model = m = ml_collections.ConfigDict()
+  m.preset = "llama3.1-8b"  # MODEL_PRESETS key, or "custom" (then every architecture field is set)
+  m.vocab_size = _ph(int)  # tokens in the embedding table; None = from preset
+  m.hidden_size = _ph(int)  # D, residual stream width; None = from preset
+  m.intermediate_size = _ph(int)  # F, MLP hidden width; None = from preset
+  m.num_layers = _ph(int)  # N, decoder layers; None = from preset
+  m.num_heads = _ph(int)  # H, query heads; None = from preset
+  m.num_kv_heads = _ph(int)  # K, key/value heads (GQA); None = from preset
+  m.head_dim = _ph(int)  # Dh, per-head width; None = from preset
+  m.rms_norm_eps = _ph(float)  # RMSNorm epsilon; None = from preset
+  m.rope_theta = _ph(float)  # RoPE base frequency; None = from preset
+  m.rope_scaling = _ph(ml_collections.ConfigDict)  # llama3 RoPE scaling {factor, low_freq_factor, high_freq_factor, original_max_position_embeddings}; None = from preset (none for "custom")
+  m.max_position_embeddings = _ph(int)  # longest position the model supports; None = from preset
+  m.tie_word_embeddings = _ph(bool)  # LM head shares the embedding matrix; None = from preset
+  m.dtype = "bfloat16"  # compute dtype: "float32" | "bfloat16"
+  m.param_dtype = "float32"  # stored params / optimizer dtype: "float32" | "bfloat16"
+  m.remat = True  # rematerialise each decoder layer in the backward pass (saves activation memory)
+  m.scan_layers = True  # nn.scan over layers: params stacked on a leading "layers" axis, fast compile
+  m.init_checkpoint = ""  # "" = random init; else an HF model dir or an orbax params dir
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ""  # local HF tokenizer dir (Llama 3 Instruct tokenizer for the paper's models)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1  # data-parallel mesh axis size (params replicated); -1 = all remaining devices
+  c.mesh.fsdp = -1  # fully-sharded data-parallel axis size (params sharded); -1 = remaining devices
+  c.mesh.tensor = 1  # tensor-parallel axis size (heads/MLP/vocab sharded); -1 = remaining devices
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "code_contests"  # "code_contests" | "humaneval_plus" | "mbpp_plus" | "synthetic"
+  c.data.data_dir = ""  # TFDS data_dir ("" = TFDS default)
+  c.data.source_dir = ""  # raw source files for the TFDS builder ("" = builder's default)
+  c.data.train_split = "train"  # split drawn for RL rollouts (paper §3: CodeContests train)
+  c.data.eval_split = "valid"  # split for periodic evaluation and checkpoint selection (paper §3)
+  c.data.seed = 0  # seed of the training-problem shuffle
+  c.data.shuffle = True  # shuffle training problems each epoch
+
+  c.env = e = ml_collections.ConfigDict()
+  e.max_turns = 3  # LLM attempts per episode (paper §2.1, "3 attempts")
+  e.feedback = "true"  # "true" (paper §2.1) | "random" (App. C.2) | "none" (App. B ablation) | "rich" (inference, App. B.3)
+  e.invalid_code_penalty = -0.2  # reward of a non-final turn without valid code (paper §2.2)
+  e.success_reward = 1.0  # final reward when all public + private tests pass (paper §2.2)
+  e.failure_reward = -1.0  # final reward when any test fails (paper §2.2)
+  e.final_turn_invalid_penalty_stacks = False  # [U] our choice: a final invalid turn gets -1, not -1.2 (paper leaves open)
+  e.use_generated_tests_for_reward = True  # [U] our choice: training reward also runs CodeContests generated tests
+  e.code_extraction = "last_block"  # [U] our choice: "last_block" | "first_block" fenced python block
+  e.max_feedback_chars = 2000  # [U] our choice: truncate each inserted input/output/trace to this many chars (0 = never)
+  e.max_failures_shown = 0  # [U] our choice: failing tests listed per feedback message (0 = all, as in App. C.1)
+  e.rich_num_tests = 20  # tests run per response with feedback="rich" (paper App. B.3)
+  e.rich_max_failures = 8  # failures shown with feedback="rich" (paper App. B.3)
+
+  c.execution = ml_collections.ConfigDict()
+  c.execution.workers = 0  # parallel test processes (0 = number of CPU cores)
+  c.execution.sandbox = "auto"  # "auto" (bwrap if available) | "bwrap" | "none"
+  c.execution.default_time_limit_s = 10.0  # per-test wall clock when the problem sets none (paper App. A.2)
+  c.execution.default_memory_limit_bytes = 1 << 30  # per-test memory when the problem sets none (paper App. A.2: 1 GB)
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.temperature = 1.0  # training sampling temperature (paper App. A.1)
+  c.sampling.top_p = 1.0  # training nucleus mass; 1.0 = off (paper App. A.1: no top-p)
+  c.sampling.max_new_tokens = 1024  # [U] our choice: tokens per response before it is cut off
+  c.sampling.max_context_length = 8192  # [U] our choice: tokens per episode (the paper's SFT sequence length, App. A.3)
+
+  c.rl = r = ml_collections.ConfigDict()
+  r.kl_coef = 0.05  # beta of the per-turn KL penalty in the reward (paper §2.2, App. A.1)
+  r.clip_eps = 0.2  # PPO ratio clip epsilon (paper App. A.1)
+  r.value_clip = 0.2  # value clip alpha (paper App. A.1)
+  r.gamma = 1.0  # discount; returns are undiscounted sums (paper §2.2)
+  r.rollouts_per_round = 1024  # episodes collected per round (paper App. A.1)
+  r.minibatch_size = 256  # sequences per optimizer update (paper App. A.1)
+  r.updates_per_round = 4  # optimizer updates per round (paper App. A.1)
+  r.advantage_norm = "batch"  # [U] our choice: "batch" (mean/std over the minibatch's turns) | "none"
+  r.sequence_unit = "episode"  # [U] our choice: a "sequence" in a minibatch is a whole "episode" | one "turn"
+  r.behaviour_correction = True  # multiply ratios by stopgrad(min(pi/pi_b, 1)) (paper App. A.1)
+  r.kl_clamp = 20.0  # [U] our choice: clamp per-token log(pi/rho) to +-this before averaging (0 = off)
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.lr = 2e-7  # policy AdamW peak learning rate (paper App. A.1)
+  o.value_lr = 1e-6  # [U] our choice: value-network learning rate (its head starts random)
+  o.weight_decay = 0.1  # AdamW decoupled weight decay (paper App. A.1)
+  o.warmup_steps = 50  # linear warm-up updates (paper App. A.1)
+  o.schedule_after_warmup = "constant"  # [U] our choice: "constant" | "cosine" | "linear" (decay to 0)
+  o.b1 = 0.9  # [U] our choice: Adam beta1
+  o.b2 = 0.95  # [U] our choice: Adam beta2
+  o.eps = 1e-8  # [U] our choice: Adam epsilon
+  o.grad_clip_norm = 1.0  # [U] our choice: global gradient-norm clip (0 = off)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_updates = 12000  # optimizer updates in the run (paper App. A.1, 8B)
+  c.train.eval_every = 800  # updates between evaluations (paper App. A.1)
+  c.train.checkpoint_every = 200  # updates between train-state checkpoints (our choice)
+  c.train.keep_checkpoints = 3  # train-state checkpoints kept on disk (our choice)
+  c.train.log_every = 10  # updates between metric logs (our choice)
+  c.train.seed = 0  # seed of params init, sampling and value-head init
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.temperature = 0.2  # 1@3 evaluation temperature (paper §3.1)
+  c.eval.top_p = 0.95  # evaluation nucleus mass (paper §3.1)
+  c.eval.num_rollouts_per_problem = 20  # [U] our choice for periodic eval (paper tables: 200 for CodeContests)
+  c.eval.max_turns = 3  # turn limit at evaluation (paper §3.1)
+  c.eval.split = "valid"  # split evaluated during training (paper: checkpoint selection on valid)
+  c.eval.max_problems = 0  # evaluate at most this many problems (0 = all)
+
+  c.warmstart = ml_collections.ConfigDict()
+  c.warmstart.enabled = False  # supervised warm start before RL (tiny synthetic model only; the paper starts from Instruct)
+  c.warmstart.steps = 0  # warm-start optimizer steps
+  c.warmstart.lr = 3e-4  # warm-start AdamW learning rate
+  c.warmstart.batch_size = 32  # warm-start sequences per step
+  return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _choice(*options: str) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: v in options), f"one of {list(options)}"
+
+
+def _ge(lo: float) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: v >= lo), f">= {lo}"
+
+
+def _gt(lo: float) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: v > lo), f"> {lo}"
+
+
+def _le(hi: float) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: v <= hi), f"<= {hi}"
+
+
+def _open(lo: float, hi: float) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: lo < v < hi), f"in ({lo}, {hi})"
+
+
+def _half_open(lo: float, hi: float) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: lo < v <= hi), f"in ({lo}, {hi}]"
+
+
+_NONEMPTY = ((lambda v: bool(v)), "a non-empty string")
+_MESH_AXIS = ((lambda v: v == -1 or v >= 1), ">= 1, or -1 for all remaining devices")
+_DTYPE = _choice("float32", "bfloat16")
+
+# Range/choice rules of single fields (None values of optional fields are skipped).
+_FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model.preset": _choice(*MODEL_PRESETS, "custom"),
+    **{f"model.{k}": _ge(1) for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                      "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                                      "max_position_embeddings")},
+    "model.rms_norm_eps": _gt(0), "model.rope_theta": _gt(0),
+    "model.dtype": _DTYPE, "model.param_dtype": _DTYPE,
+    "mesh.data": _MESH_AXIS, "mesh.fsdp": _MESH_AXIS, "mesh.tensor": _MESH_AXIS,
+    "data.name": _choice("code_contests", "humaneval_plus", "mbpp_plus", "synthetic"),
+    "data.train_split": _NONEMPTY, "data.eval_split": _NONEMPTY,
+    "env.max_turns": _ge(1),
+    "env.feedback": _choice("true", "random", "none", "rich"),
+    "env.invalid_code_penalty": _le(0),
+    "env.code_extraction": _choice("last_block", "first_block"),
+    "env.max_feedback_chars": _ge(0), "env.max_failures_shown": _ge(0),
+    "env.rich_num_tests": _ge(1), "env.rich_max_failures": _ge(1),
+    "execution.workers": _ge(0),
+    "execution.sandbox": _choice("auto", "bwrap", "none"),
+    "execution.default_time_limit_s": _gt(0), "execution.default_memory_limit_bytes": _ge(1 << 20),
+    "sampling.temperature": _ge(0), "sampling.top_p": _half_open(0, 1),
+    "sampling.max_new_tokens": _ge(1), "sampling.max_context_length": _ge(2),
+    "rl.kl_coef": _ge(0), "rl.clip_eps": _open(0, 1), "rl.value_clip": _gt(0),
+    "rl.gamma": _half_open(0, 1), "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
+    "rl.updates_per_round": _ge(1), "rl.advantage_norm": _choice("batch", "none"),
+    "rl.sequence_unit": _choice("episode", "turn"), "rl.kl_clamp": _ge(0),
+    "optim.lr": _gt(0), "optim.value_lr": _gt(0), "optim.weight_decay": _ge(0),
+    "optim.warmup_steps": _ge(0),
+    "optim.schedule_after_warmup": _choice("constant", "cosine", "linear"),
+    "optim.b1": ((lambda v: 0 <= v < 1), "in [0, 1)"), "optim.b2": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "optim.eps": _gt(0), "optim.grad_clip_norm": _ge(0),
+    "train.num_updates": _ge(1), "train.eval_every": _ge(1), "train.checkpoint_every": _ge(1),
+    "train.keep_checkpoints": _ge(1), "train.log_every": _ge(1), "train.seed": _ge(0),
+    "eval.temperature": _ge(0), "eval.top_p": _half_open(0, 1),
+    "eval.num_rollouts_per_problem": _ge(1), "eval.max_turns": _ge(1), "eval.split": _NONEMPTY,
+    "eval.max_problems": _ge(0),
+    "warmstart.steps": _ge(0), "warmstart.lr": _gt(0), "warmstart.batch_size": _ge(1),
+}
+
+
+def _type_ok(value: Any, expected: type) -> bool:
+  if expected is bool:
+    return isinstance(value, bool)
+  if expected is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if expected is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if issubclass(expected, ml_collections.ConfigDict):
+    return isinstance(value, (ml_collections.ConfigDict, dict))
+  return isinstance(value, expected)
+
+
+def _check_schema(config, schema, prefix: str) -> None:
+  """Unknown, missing and wrongly typed fields, recursively against `base_config()`."""
+  keys, known = set(config.keys()), set(schema.keys())
+  unknown, missing = sorted(keys - known), sorted(known - keys)
+  if unknown:
+    raise ValueError(f"{prefix}.{unknown[0]} is not a known field; the fields of {prefix} are "
+                     f"{sorted(known)} (see rlef_jax/config.py base_config)")
+  if missing:
+    raise ValueError(f"{prefix}.{missing[0]} is missing; start configs from "
+                     "rlef_jax.config.base_config()")
+  for key in sorted(known):
+    value, name = config[key], f"{prefix}.{key}"
+    expected = schema.get_type(key)
+    if isinstance(schema[key], ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ValueError(f"{name} must be a group of fields (ConfigDict), got {value!r}")
+      _check_schema(value, schema[key], name)
+    elif value is None:
+      if schema[key] is not None:
+        raise ValueError(f"{name} must be set (a {expected.__name__}), got None")
+    elif not _type_ok(value, expected):
+      raise ValueError(f"{name} must be of type {expected.__name__}, got {value!r} "
+                       f"({type(value).__name__})")
+
+
+def resolve_model(model_cfg) -> dict[str, Any]:
+  """Architecture fields: the preset's values overridden by every explicitly set field."""
+  arch = {} if model_cfg.preset == "custom" else dict(MODEL_PRESETS[model_cfg.preset])
+  for key in _ARCH_FIELDS:
+    value = model_cfg[key]
+    if value is not None:
+      arch[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+  if model_cfg.preset == "custom":
+    arch.setdefault("rope_scaling", None)
+    arch.setdefault("head_dim", None)
+    missing = [k for k in _ARCH_FIELDS if k not in arch]
+    if missing:
+      raise ValueError(f"config.model.preset='custom' needs every architecture field; set "
+                       f"config.model.{missing[0]} (missing: {missing}), or pick a preset from "
+                       f"{sorted(MODEL_PRESETS)}")
+  if arch["head_dim"] is None:
+    arch["head_dim"] = arch["hidden_size"] // arch["num_heads"]
+  return arch
+
+
+def _check_model(model_cfg) -> dict[str, Any]:
+  arch = resolve_model(model_cfg)
+  if arch["num_heads"] % arch["num_kv_heads"]:
+    raise ValueError(f"config.model.num_heads ({arch['num_heads']}) must be a multiple of "
+                     f"config.model.num_kv_heads ({arch['num_kv_heads']})")
+  scaling = arch["rope_scaling"]
+  if scaling is not None:
+    if set(scaling) != set(_ROPE_SCALING_FIELDS):
+      raise ValueError(f"config.model.rope_scaling must have exactly the fields "
+                       f"{list(_ROPE_SCALING_FIELDS)}, got {sorted(scaling)}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+               for v in scaling.values()):
+      raise ValueError(f"config.model.rope_scaling values must be positive numbers, got {scaling}")
+    if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+      raise ValueError("config.model.rope_scaling.high_freq_factor must exceed low_freq_factor, "
+                       f"got {scaling}")
+  return arch
+
+
+def validate(config, num_devices: int | None = None) -> None:
+  """Raises one `ValueError` naming the first bad field of `config`.
+
+  Args:
+    config: a config built from `base_config()` (e.g. by a `configs/*.py` file + overrides).
+    num_devices: when given, also checks that the mesh fits this many devices and that batch
+      sizes split evenly over the data-parallel axes.
+  """
+  _check_schema(config, base_config(), "config")
+  for path, (ok, requirement) in _FIELD_RULES.items():
+    group, field = path.split(".")
+    value = config[group][field]
+    if value is not None and not ok(value):
+      raise ValueError(f"config.{path} must be {requirement}, got {value!r}")
+
+  arch = _check_model(config.model)
+  if config.sampling.max_new_tokens >= config.sampling.max_context_length:
+    raise ValueError(f"config.sampling.max_new_tokens ({config.sampling.max_new_tokens}) must be "
+                     f"below config.sampling.max_context_length "
+                     f"({config.sampling.max_context_length})")
+  if config.sampling.max_context_length > arch["max_position_embeddings"]:
+    raise ValueError(f"config.sampling.max_context_length ({config.sampling.max_context_length}) "
+                     f"exceeds the model's max_position_embeddings "
+                     f"({arch['max_position_embeddings']})")
+  if config.env.success_reward <= config.env.failure_reward:
+    raise ValueError(f"config.env.success_reward ({config.env.success_reward}) must exceed "
+                     f"config.env.failure_reward ({config.env.failure_reward})")
+  rl = config.rl
+  if rl.rollouts_per_round % rl.minibatch_size:
+    raise ValueError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
+                     f"of config.rl.minibatch_size ({rl.minibatch_size})")
+  if config.warmstart.enabled and config.warmstart.steps < 1:
+    raise ValueError("config.warmstart.steps must be >= 1 when config.warmstart.enabled is True")
+
+  mesh = config.mesh
+  if [mesh.data, mesh.fsdp, mesh.tensor].count(-1) > 1:
+    raise ValueError(f"config.mesh: at most one of data/fsdp/tensor may be -1, got data="
+                     f"{mesh.data} fsdp={mesh.fsdp} tensor={mesh.tensor}")
+  if mesh.tensor != -1:
+    _check_tensor_divides(arch, mesh.tensor)
+  if num_devices is not None:
+    data, fsdp, tensor = sharding.mesh_shape(mesh, num_devices)
+    _check_tensor_divides(arch, tensor)
+    for name in ("minibatch_size", "rollouts_per_round"):
+      if rl[name] % (data * fsdp):
+        raise ValueError(f"config.rl.{name} ({rl[name]}) must be a multiple of the data-parallel "
+                         f"size mesh.data * mesh.fsdp = {data * fsdp} on {num_devices} devices")
+
+
+def _check_tensor_divides(arch: dict[str, Any], tensor: int) -> None:
+  for key in ("num_heads", "num_kv_heads", "intermediate_size", "vocab_size"):
+    if arch[key] % tensor:
+      raise ValueError(f"config.mesh.tensor ({tensor}) must divide config.model.{key} "
+                       f"({arch[key]}); pick a tensor-parallel size that divides it")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model config
+
+
+def llama_config(model_cfg) -> model.LlamaConfig:
+  """`rlef_jax.model.LlamaConfig` from `config.model` (preset + explicit overrides)."""
+  arch = _check_model(model_cfg)
+  if arch["rope_scaling"] is not None:
+    arch["rope_scaling"] = model.RopeScaling(**arch["rope_scaling"])
+  return model.LlamaConfig(**arch, param_dtype=model_cfg.param_dtype, dtype=model_cfg.dtype,
+                           remat=model_cfg.remat, scan_layers=model_cfg.scan_layers)
