@@ -1,0 +1,224 @@
+"""Llama decoder building blocks (Flax Linen): RMSNorm, grouped-query attention with a KV cache,
+SwiGLU MLP, and the layer stack shared by the policy (`model.Llama`) and the value model
+(`model.LlamaValue`, paper §3: same backbone, different head).
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`) and the main activations
+logical constraints; `rlef_jax.sharding` maps these names to mesh axes, and without axis rules in
+context they are no-ops.
+
+Shape letters: B batch, L new tokens, S key slots (cache length, or L without a cache), D hidden,
+H query heads, K key/value heads, G = H // K query heads per key/value head, Dh head dim,
+F MLP hidden, V vocab, N layers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlef_jax import rope
+
+if TYPE_CHECKING:
+  from rlef_jax.model import KVCache, LlamaConfig
+
+ACT_BLD = ("activation_batch", "activation_length", "activation_embed")
+CACHE_AXES = ("layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+
+
+def _fan_in_init(in_axes: tuple[int, ...], out_axes: tuple[int, ...]):
+  return nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal", in_axis=in_axes, out_axis=out_axes)
+
+
+class Proj(nn.Module):
+  """A bias-free linear map: one einsum of the input with a kernel whose axes have logical names."""
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  spec: str
+  in_axes: tuple[int, ...]
+  dtype: Any
+  param_dtype: Any
+  out_dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    out_axes = tuple(i for i in range(len(self.shape)) if i not in self.in_axes)
+    init = nn.with_logical_partitioning(_fan_in_init(self.in_axes, out_axes), self.axes)
+    kernel = self.param("kernel", init, self.shape, self.param_dtype)
+    return jnp.einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype),
+                      preferred_element_type=self.out_dtype)
+
+
+class Embed(nn.Module):
+  """Token embedding table `[V, D]`; `attend` is the tied output projection (float32 logits)."""
+  config: "LlamaConfig"
+
+  def setup(self):
+    cfg = self.config
+    init = nn.with_logical_partitioning(
+        nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=1, out_axis=0),
+        ("vocab", "embed"))
+    self.embedding = self.param("embedding", init, (cfg.vocab_size, cfg.hidden_size),
+                                cfg.param_jnp_dtype)
+
+  def __call__(self, tokens_BxL: jnp.ndarray) -> jnp.ndarray:
+    x_BxLxD = jnp.take(self.embedding, tokens_BxL, axis=0).astype(self.config.compute_jnp_dtype)
+    return nn.with_logical_constraint(x_BxLxD, ACT_BLD)
+
+  def attend(self, x_BxLxD: jnp.ndarray) -> jnp.ndarray:
+    dtype = self.config.compute_jnp_dtype
+    return jnp.einsum("bld,vd->blv", x_BxLxD.astype(dtype), self.embedding.astype(dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class RMSNorm(nn.Module):
+  """`x / rms(x) * scale`, normalised in float32 like transformers' `LlamaRMSNorm`."""
+  config: "LlamaConfig"
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jnp.ndarray) -> jnp.ndarray:
+    cfg = self.config
+    init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
+    scale_D = self.param("scale", init, (x_BxLxD.shape[-1],), cfg.param_jnp_dtype)
+    x32_BxLxD = x_BxLxD.astype(jnp.float32)
+    ms_BxLx1 = jnp.mean(jnp.square(x32_BxLxD), axis=-1, keepdims=True)
+    y_BxLxD = (x32_BxLxD * jax.lax.rsqrt(ms_BxLx1 + cfg.rms_norm_eps)).astype(cfg.compute_jnp_dtype)
+    return y_BxLxD * scale_D.astype(cfg.compute_jnp_dtype)
+
+
+def _write_cache(cache_BxSxKxDh: jnp.ndarray, new_BxLxKxDh: jnp.ndarray,
+                 lengths_B: jnp.ndarray) -> jnp.ndarray:
+  """Writes row b's new keys (or values) to slots `lengths_B[b] + i`; writes past the cache end are
+  dropped (not shifted back as `dynamic_update_slice` would), so a chunk wider than a row needs, or
+  the pad tokens of a finished row, can never overwrite that row's history."""
+  L = new_BxLxKxDh.shape[1]
+
+  def write(c_SxKxDh, n_LxKxDh, start):
+    return c_SxKxDh.at[start + jnp.arange(L)].set(n_LxKxDh, mode="drop")
+
+  return jax.vmap(write)(cache_BxSxKxDh, new_BxLxKxDh.astype(cache_BxSxKxDh.dtype), lengths_B)
+
+
+class Attention(nn.Module):
+  """Causal grouped-query attention; K/V heads are shared by G query heads without being repeated."""
+  config: "LlamaConfig"
+
+  @nn.compact
+  def __call__(self, x_BxLxD, kv, positions_BxL, lengths_B):
+    cfg = self.config
+    D, H, K, Dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    B, L, _ = x_BxLxD.shape
+    dt, pdt = cfg.compute_jnp_dtype, cfg.param_jnp_dtype
+    q_BxLxHxDh = Proj((D, H, Dh), ("embed", "q_heads", "head_dim"), "bld,dhk->blhk", (0,), dt, pdt,
+                      name="q")(x_BxLxD)
+    k_BxLxKxDh = Proj((D, K, Dh), ("embed", "kv_heads", "head_dim"), "bld,dhk->blhk", (0,), dt, pdt,
+                      name="k")(x_BxLxD)
+    v_BxLxKxDh = Proj((D, K, Dh), ("embed", "kv_heads", "head_dim"), "bld,dhk->blhk", (0,), dt, pdt,
+                      name="v")(x_BxLxD)
+    freq = rope.inv_freq(Dh, cfg.rope_theta, cfg.rope_scaling)
+    q_BxLxHxDh = nn.with_logical_constraint(
+        rope.apply(q_BxLxHxDh, positions_BxL, freq),
+        ("activation_batch", "activation_length", "activation_heads", None))
+    kv_names = ("activation_batch", "activation_length", "activation_kv_heads", None)
+    k_BxLxKxDh = nn.with_logical_constraint(rope.apply(k_BxLxKxDh, positions_BxL, freq), kv_names)
+    v_BxLxKxDh = nn.with_logical_constraint(v_BxLxKxDh, kv_names)
+
+    if kv is None:
+      k_BxSxKxDh, v_BxSxKxDh, key_pos_BxS = k_BxLxKxDh, v_BxLxKxDh, positions_BxL
+    else:
+      k_BxSxKxDh = _write_cache(kv[0], k_BxLxKxDh, lengths_B)
+      v_BxSxKxDh = _write_cache(kv[1], v_BxLxKxDh, lengths_B)
+      kv = (k_BxSxKxDh, v_BxSxKxDh)
+      S = k_BxSxKxDh.shape[1]
+      key_pos_BxS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
+    visible_BxLxS = key_pos_BxS[:, None, :] <= positions_BxL[:, :, None]
+
+    q_BxLxKxGxDh = q_BxLxHxDh.reshape(B, L, K, H // K, Dh)
+    scores_BxKxGxLxS = jnp.einsum("blkgd,bskd->bkgls", q_BxLxKxGxDh, k_BxSxKxDh.astype(dt),
+                                  preferred_element_type=jnp.float32) * (Dh ** -0.5)
+    scores_BxKxGxLxS = jnp.where(visible_BxLxS[:, None, None], scores_BxKxGxLxS,
+                                 jnp.finfo(jnp.float32).min)
+    probs_BxKxGxLxS = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(dt)
+    out_BxLxKxGxDh = jnp.einsum("bkgls,bskd->blkgd", probs_BxKxGxLxS, v_BxSxKxDh.astype(dt))
+    out_BxLxHxDh = out_BxLxKxGxDh.reshape(B, L, H, Dh)
+    out_BxLxD = Proj((H, Dh, D), ("q_heads", "head_dim", "embed"), "blhk,hkd->bld", (0, 1), dt, pdt,
+                     name="o")(out_BxLxHxDh)
+    return nn.with_logical_constraint(out_BxLxD, ACT_BLD), kv
+
+
+class MLP(nn.Module):
+  """SwiGLU: `down(silu(gate(x)) * up(x))`."""
+  config: "LlamaConfig"
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.config
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    dt, pdt = cfg.compute_jnp_dtype, cfg.param_jnp_dtype
+    gate_BxLxF = Proj((D, F), ("embed", "mlp"), "bld,df->blf", (0,), dt, pdt, name="gate")(x_BxLxD)
+    up_BxLxF = Proj((D, F), ("embed", "mlp"), "bld,df->blf", (0,), dt, pdt, name="up")(x_BxLxD)
+    h_BxLxF = nn.with_logical_constraint(
+        nn.silu(gate_BxLxF) * up_BxLxF, ("activation_batch", "activation_length", "activation_mlp"))
+    out_BxLxD = Proj((F, D), ("mlp", "embed"), "blf,fd->bld", (0,), dt, pdt, name="down")(h_BxLxF)
+    return nn.with_logical_constraint(out_BxLxD, ACT_BLD)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm residual block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+
+  Signature `(carry, *inputs) -> (carry, output)` so that `nn.scan` can stack it: the carry is the
+  hidden state, `kv` (this layer's cache or None) is scanned, positions and lengths are broadcast.
+  """
+  config: "LlamaConfig"
+
+  @nn.compact
+  def __call__(self, x_BxLxD, kv, positions_BxL, lengths_B):
+    attn_BxLxD, kv = Attention(self.config, name="attn")(
+        RMSNorm(self.config, name="input_norm")(x_BxLxD), kv, positions_BxL, lengths_B)
+    x_BxLxD = x_BxLxD + attn_BxLxD
+    x_BxLxD = x_BxLxD + MLP(self.config, name="mlp")(
+        RMSNorm(self.config, name="post_attn_norm")(x_BxLxD))
+    return nn.with_logical_constraint(x_BxLxD, ACT_BLD), kv
+
+
+def decoder(cfg: "LlamaConfig", tokens_BxL: jnp.ndarray, cache: "KVCache | None"
+            ) -> tuple[jnp.ndarray, Embed, tuple[jnp.ndarray, jnp.ndarray] | None]:
+  """Embedding, N decoder layers and the final norm, created inside the calling compact module.
+
+  Returns the normalised hidden states, the embedding module (for tied output projections) and the
+  updated `(k_NxBxSxKxDh, v_NxBxSxKxDh)` (None without a cache). Token i of row b sits at position
+  `lengths_B[b] + i` (just `i` without a cache).
+  """
+  B, L = tokens_BxL.shape
+  embed = Embed(cfg, name="embed")
+  x_BxLxD = embed(tokens_BxL)
+  offsets_L = jnp.arange(L, dtype=jnp.int32)
+  if cache is None:
+    lengths_B = jnp.zeros((B,), jnp.int32)
+    kv_all = None
+  else:
+    lengths_B = cache.lengths_B.astype(jnp.int32)
+    kv_all = (nn.with_logical_constraint(cache.k_NxBxSxKxDh, CACHE_AXES),
+              nn.with_logical_constraint(cache.v_NxBxSxKxDh, CACHE_AXES))
+  positions_BxL = lengths_B[:, None] + offsets_L[None, :]
+
+  layer_cls = DecoderLayer
+  if cfg.remat:
+    layer_cls = nn.remat(layer_cls, prevent_cse=not cfg.scan_layers)
+  if cfg.scan_layers:
+    stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                    in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+    x_BxLxD, kv_all = stack(cfg, name="layers")(x_BxLxD, kv_all, positions_BxL, lengths_B)
+  else:
+    for i in range(cfg.num_layers):
+      kv_i = None if kv_all is None else (kv_all[0][i], kv_all[1][i])
+      x_BxLxD, kv_i = layer_cls(cfg, name=f"layers_{i}")(x_BxLxD, kv_i, positions_BxL, lengths_B)
+      if kv_all is not None:
+        kv_all = (kv_all[0].at[i].set(kv_i[0]), kv_all[1].at[i].set(kv_i[1]))
+  if kv_all is not None:
+    kv_all = tuple(nn.with_logical_constraint(c, CACHE_AXES) for c in kv_all)
+  return RMSNorm(cfg, name="norm")(x_BxLxD), embed, kv_all

@@ -1,0 +1,240 @@
+"""The Llama 3 policy and value networks as pure-functional Flax Linen modules.
+
+`Llama` covers the Llama 3.0 / 3.1 / 3.2 family (grouped-query attention, RMSNorm, SwiGLU, RoPE with
+`rope_theta` and `llama3` scaling, tied or untied embeddings) and decodes incrementally with a
+`KVCache` with per-row positions, so a right-padded batch of different lengths, or a conversation
+continued over several turns (paper §2.1), never recomputes its history. `LlamaValue` is the paper's
+value network (§3): the same backbone with a freshly initialised scalar head.
+
+Shape letters: B batch, L new tokens, S cache length, D hidden, H query heads, K key/value heads,
+Dh head dim, F MLP hidden, V vocab, N layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlef_jax import layers, rope
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Hugging Face `rope_scaling` with `rope_type == "llama3"` (Llama 3.1 and 3.2)."""
+  factor: float
+  low_freq_factor: float
+  high_freq_factor: float
+  original_max_position_embeddings: int
+
+  def __post_init__(self):
+    if not (self.factor > 0 and 0 < self.low_freq_factor < self.high_freq_factor):
+      raise ValueError(f"RopeScaling needs factor > 0 and 0 < low_freq_factor < high_freq_factor, "
+                       f"got {self}")
+    if self.original_max_position_embeddings <= 0:
+      raise ValueError(f"RopeScaling.original_max_position_embeddings must be positive, got {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Architecture plus numerics of a Llama model.
+
+  `head_dim=None` is resolved to `hidden_size // num_heads` at construction, so `config.head_dim` is
+  always an int (note: `dataclasses.replace` keeps the resolved value).
+  """
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int | None = None
+  rms_norm_eps: float = 1e-5
+  rope_theta: float = 500000.0
+  rope_scaling: RopeScaling | None = None
+  max_position_embeddings: int = 8192
+  tie_word_embeddings: bool = False
+  param_dtype: str = "float32"
+  dtype: str = "float32"
+  remat: bool = False
+  scan_layers: bool = False
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "max_position_embeddings"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"LlamaConfig.{name} must be a positive int, got {value!r}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"LlamaConfig.num_heads ({self.num_heads}) must be a multiple of "
+                       f"num_kv_heads ({self.num_kv_heads}) for grouped-query attention")
+    if self.head_dim is None:
+      if self.hidden_size % self.num_heads:
+        raise ValueError(f"LlamaConfig.hidden_size ({self.hidden_size}) is not divisible by "
+                         f"num_heads ({self.num_heads}); set head_dim explicitly")
+      object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+    if self.head_dim <= 0 or self.head_dim % 2:
+      raise ValueError(f"LlamaConfig.head_dim must be a positive even int (RoPE rotates pairs), "
+                       f"got {self.head_dim}")
+    for name in ("param_dtype", "dtype"):
+      if getattr(self, name) not in _DTYPES:
+        raise ValueError(f"LlamaConfig.{name} must be one of {sorted(_DTYPES)}, "
+                         f"got {getattr(self, name)!r}")
+    if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
+      raise ValueError(f"LlamaConfig.rms_norm_eps and rope_theta must be positive, got "
+                       f"{self.rms_norm_eps}, {self.rope_theta}")
+    if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+      raise ValueError("LlamaConfig.rope_scaling must be a RopeScaling or None, got "
+                       f"{type(self.rope_scaling).__name__}")
+
+  @property
+  def param_jnp_dtype(self):
+    return _DTYPES[self.param_dtype]
+
+  @property
+  def compute_jnp_dtype(self):
+    return _DTYPES[self.dtype]
+
+  def num_params(self) -> int:
+    """The policy's parameter count, from abstract shapes (`jax.eval_shape`, nothing allocated)."""
+    shapes = jax.eval_shape(
+        lambda: Llama(self).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+
+
+def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
+  """`[Dh/2]` float32 inverse frequencies, equal to transformers' `inv_freq` (llama3 scaling incl.)."""
+  return rope.inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Per-layer keys/values (after RoPE) of every sequence so far; row b fills slots `< lengths_B[b]`."""
+  k_NxBxSxKxDh: jnp.ndarray
+  v_NxBxSxKxDh: jnp.ndarray
+  lengths_B: jnp.ndarray
+
+
+def init_cache(config: LlamaConfig, batch_size: int, max_length: int) -> KVCache:
+  """An empty cache (zeros, lengths 0) in the compute dtype for `max_length` tokens per row."""
+  if batch_size <= 0 or max_length <= 0:
+    raise ValueError(f"init_cache needs positive batch_size and max_length, got {batch_size}, "
+                     f"{max_length}")
+  shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+  # Two separate buffers: a cache is donated to the sampler, and one buffer cannot be donated twice.
+  return KVCache(jnp.zeros(shape, config.compute_jnp_dtype), jnp.zeros(shape, config.compute_jnp_dtype),
+                 jnp.zeros((batch_size,), jnp.int32))
+
+
+def _check_tokens(tokens_BxL, cache: KVCache | None, num_new_B) -> None:
+  if tokens_BxL.ndim != 2:
+    raise ValueError(f"tokens must be [batch, length], got shape {tokens_BxL.shape}")
+  if cache is None:
+    if num_new_B is not None:
+      raise ValueError("num_new_B is only meaningful with a cache; pass cache=... or drop num_new_B")
+    return
+  B, _ = tokens_BxL.shape
+  if cache.k_NxBxSxKxDh.shape[1] != B or cache.lengths_B.shape != (B,):
+    raise ValueError(f"cache batch size {cache.k_NxBxSxKxDh.shape[1]} does not match tokens batch "
+                     f"size {B}; build the cache with init_cache(config, {B}, max_length)")
+  if num_new_B is not None and jnp.shape(num_new_B) != (B,):
+    raise ValueError(f"num_new_B must have shape ({B},), got {jnp.shape(num_new_B)}")
+
+
+class Llama(nn.Module):
+  """Causal LM: `logits_BxLxV, new_cache = model.apply({"params": p}, tokens_BxL, cache, num_new_B)`.
+
+  Without a cache, tokens sit at positions `0..L-1` (right padding is harmless under the causal
+  mask) and `new_cache` is None. With a cache, token i of row b is written to slot and position
+  `cache.lengths_B[b] + i` and attends to slots up to there; the returned cache's lengths grow by
+  `num_new_B` (default L), so a right-padded chunk's garbage tail is overwritten by the row's next
+  chunk. Callers guarantee `max(lengths) + L <= S`. Logits are float32.
+  """
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxL, cache: KVCache | None = None, num_new_B=None):
+    cfg = self.config
+    _check_tokens(tokens_BxL, cache, num_new_B)
+    x_BxLxD, embed, kv = layers.decoder(cfg, tokens_BxL, cache)
+    if cfg.tie_word_embeddings:
+      logits_BxLxV = embed.attend(x_BxLxD)
+    else:
+      logits_BxLxV = layers.Proj(
+          (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), "bld,dv->blv", (0,),
+          cfg.compute_jnp_dtype, cfg.param_jnp_dtype, out_dtype=jnp.float32, name="lm_head")(x_BxLxD)
+    logits_BxLxV = nn.with_logical_constraint(
+        logits_BxLxV.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
+    if cache is None:
+      return logits_BxLxV, None
+    L = tokens_BxL.shape[1]
+    num_new_B = jnp.full_like(cache.lengths_B, L) if num_new_B is None else num_new_B
+    new_cache = KVCache(kv[0], kv[1], cache.lengths_B + jnp.asarray(num_new_B, jnp.int32))
+    return logits_BxLxV, new_cache
+
+
+class _Backbone(nn.Module):
+  """The policy without its LM head (params: `embed`, `layers_*` / `layers`, `norm`)."""
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxL):
+    x_BxLxD, _, _ = layers.decoder(self.config, tokens_BxL, None)
+    return x_BxLxD
+
+
+def _value_head(config: LlamaConfig) -> nn.Dense:
+  return nn.Dense(
+      1, dtype=jnp.float32, param_dtype=config.param_jnp_dtype,
+      kernel_init=nn.with_logical_partitioning(
+          nn.initializers.variance_scaling(1.0, "fan_in", "normal"), ("embed", None)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+      name="value_head")
+
+
+class LlamaValue(nn.Module):
+  """Value network (paper §3): `values_BxL = value_model.apply({"params": vp}, tokens_BxL)`, float32.
+
+  Params: `{"backbone": <Llama params without lm_head>, "value_head": {"kernel", "bias"}}`.
+  """
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxL):
+    _check_tokens(tokens_BxL, None, None)
+    x_BxLxD = _Backbone(self.config, name="backbone")(tokens_BxL)
+    values_BxLx1 = _value_head(self.config)(x_BxLxD.astype(jnp.float32))
+    return nn.with_logical_constraint(
+        values_BxLx1[..., 0], ("activation_batch", "activation_length"))
+
+
+def _is_boxed(tree: Any) -> bool:
+  leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  return any(isinstance(leaf, nn.meta.AxisMetadata) for leaf in leaves)
+
+
+def value_params_from_policy(policy_params: Any, rng: jax.Array, config: LlamaConfig) -> dict:
+  """Value-network params from policy params (paper §3: same initialisation, output layer replaced
+  by a randomly initialised linear projection to a scalar).
+
+  The backbone is copied into fresh buffers, so policy and value params can both be donated to a
+  jitted update. Boxed (logically partitioned) policy params give a boxed value head.
+  """
+  if not isinstance(policy_params, dict) or "embed" not in policy_params:
+    keys = list(policy_params) if isinstance(policy_params, dict) else type(policy_params).__name__
+    raise ValueError(f"value_params_from_policy expects the policy's params tree (keys embed, "
+                     f"layers..., norm), got {keys}; pass variables['params'], not the variables")
+  backbone = {k: v for k, v in policy_params.items() if k != "lm_head"}
+  backbone = jax.tree.map(lambda x: jnp.array(x, copy=True), backbone)
+  head = _value_head(config).init(rng, jnp.zeros((1, 1, config.hidden_size), jnp.float32))["params"]
+  if not _is_boxed(policy_params):
+    head = nn.meta.unbox(head)
+  return {"backbone": backbone, "value_head": head}
