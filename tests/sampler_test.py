@@ -230,3 +230,24 @@ def test_sharded_generation_equals_unsharded(params):
   np.testing.assert_allclose(got.logprobs_BxT, want.logprobs_BxT, rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(got.cache.lengths_B, want.cache.lengths_B)
   assert got.cache.k_NxBxSxKxDh.sharding.is_equivalent_to(cache.k_NxBxSxKxDh.sharding, 5)
+
+
+def test_a_wide_chunk_beside_a_nearly_full_idle_row_leaves_its_history_intact(params):
+  """Padding of a chunk wider than an idle row's free space runs off the cache end; those writes are
+  dropped, so the idle row's history (and its next turn) is unaffected."""
+  rng = np.random.default_rng(3)
+  long_prompt, short_prompt = _random_rows(rng, [S - 8, 3])
+  gen = functools.partial(sampler.generate, model=MODEL, temperature=0.0, pad_id=0, max_new_tokens=2)
+  cache = model_lib.init_cache(CFG, 2, S)
+  chunk, lens = _chunk([long_prompt, short_prompt], width=S - 8)
+  out = gen(params, cache, chunk, lens, jax.random.key(0))
+  first = _generated(out, 0)
+  # Row 0 idles while row 1 gets a chunk wider than row 0's remaining slots.
+  follow = rng.integers(1, V, 20).tolist()
+  chunk, lens = _chunk([[], follow], width=20)
+  out = gen(params, out.cache, chunk, lens, jax.random.key(1), active_B=np.array([False, True]))
+  # Row 0 continues: its cache must still hold exactly its own history.
+  nxt = [int(rng.integers(1, V))]
+  chunk, lens = _chunk([nxt, []], width=1)
+  out = gen(params, out.cache, chunk, lens, jax.random.key(2), active_B=np.array([True, False]))
+  assert _generated(out, 0) == _greedy_ref(params, long_prompt + first + nxt, 2)
