@@ -34,8 +34,8 @@ def get_config():
   c.env.success_reward = 1.0  # paper §2.2
   c.env.failure_reward = -1.0  # paper §2.2
 
-  c.execution.default_time_limit_s = 10.0  # paper App. A.2
-  c.execution.default_memory_limit_bytes = 1 << 30  # paper App. A.2 ("1 GB")
+  c.env.default_time_s = 10.0  # paper App. A.2
+  c.env.default_memory_bytes = 1 << 30  # paper App. A.2 ("1 GB")
 
   c.sampling.temperature = 1.0  # paper App. A.1
   c.sampling.top_p = 1.0  # no top-p / top-k in training (paper App. A.1)

@@ -13,7 +13,7 @@ def get_config():
   c = rlef_config.base_config()
 
   c.model.preset = "tiny"  # hidden 128, 2 layers, 4 heads / 2 kv heads (rlef_jax.config.MODEL_PRESETS)
-  c.model.vocab_size = 512  # must cover the synthetic tokenizer's vocabulary
+  c.model.vocab_size = 491  # = the synthetic tokenizer's vocabulary (train.py checks they are equal)
   c.model.dtype = "float32"  # CPU computes float32 fastest
   c.model.param_dtype = "float32"
   c.model.remat = False  # activations are small
@@ -29,8 +29,8 @@ def get_config():
   c.data.train_split = "train"
   c.data.eval_split = "valid"
 
-  c.execution.default_time_limit_s = 2.0  # synthetic programs are tiny
-  c.execution.default_memory_limit_bytes = 256 << 20
+  c.env.default_time_s = 2.0  # synthetic programs are tiny
+  c.env.default_memory_bytes = 256 << 20
 
   c.sampling.max_new_tokens = 128  # synthetic solutions are short
   c.sampling.max_context_length = 512  # = the tiny preset's max_position_embeddings

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import ml_collections
 from ml_collections import config_dict
 
-from rlef_jax import model, sharding
+from rlef_jax import distributed, env_config, model, sharding
 
 _ph = config_dict.placeholder
 
@@ -105,25 +105,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seed = 0  # seed of the training-problem shuffle
   c.data.shuffle = True  # shuffle training problems each epoch
 
-  c.env = e = ml_collections.ConfigDict()
-  e.max_turns = 3  # LLM attempts per episode (paper §2.1, "3 attempts")
-  e.feedback = "true"  # "true" (paper §2.1) | "random" (App. C.2) | "none" (App. B ablation) | "rich" (inference, App. B.3)
-  e.invalid_code_penalty = -0.2  # reward of a non-final turn without valid code (paper §2.2)
-  e.success_reward = 1.0  # final reward when all public + private tests pass (paper §2.2)
-  e.failure_reward = -1.0  # final reward when any test fails (paper §2.2)
-  e.final_turn_invalid_penalty_stacks = False  # [U] our choice: a final invalid turn gets -1, not -1.2 (paper leaves open)
-  e.use_generated_tests_for_reward = True  # [U] our choice: training reward also runs CodeContests generated tests
-  e.code_extraction = "last_block"  # [U] our choice: "last_block" | "first_block" fenced python block
-  e.max_feedback_chars = 2000  # [U] our choice: truncate each inserted input/output/trace to this many chars (0 = never)
-  e.max_failures_shown = 0  # [U] our choice: failing tests listed per feedback message (0 = all, as in App. C.1)
-  e.rich_num_tests = 20  # tests run per response with feedback="rich" (paper App. B.3)
-  e.rich_max_failures = 8  # failures shown with feedback="rich" (paper App. B.3)
+  # Environment fields are defined (and commented) once, in rlef_jax/env_config.py.
+  c.env = env_config.default_env_config()
 
   c.execution = ml_collections.ConfigDict()
   c.execution.workers = 0  # parallel test processes (0 = number of CPU cores)
   c.execution.sandbox = "auto"  # "auto" (bwrap if available) | "bwrap" | "none"
-  c.execution.default_time_limit_s = 10.0  # per-test wall clock when the problem sets none (paper App. A.2)
-  c.execution.default_memory_limit_bytes = 1 << 30  # per-test memory when the problem sets none (paper App. A.2: 1 GB)
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.temperature = 1.0  # training sampling temperature (paper App. A.1)
@@ -139,7 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
   r.rollouts_per_round = 1024  # episodes collected per round (paper App. A.1)
   r.minibatch_size = 256  # sequences per optimizer update (paper App. A.1)
   r.updates_per_round = 4  # optimizer updates per round (paper App. A.1)
-  r.advantage_norm = "batch"  # [U] our choice: "batch" (mean/std over the minibatch's turns) | "none"
+  r.advantage_norm = "batch"  # [U] our choice: "batch" (mean/std over all turns of the round) | "none"
+  r.loss_aggregation = "token_mean"  # [U] our choice: policy loss averaged over all policy tokens of a minibatch ("token_mean") or per turn first ("turn_mean")
   r.sequence_unit = "episode"  # [U] our choice: a "sequence" in a minibatch is a whole "episode" | one "turn"
   r.behaviour_correction = True  # multiply ratios by stopgrad(min(pi/pi_b, 1)) (paper App. A.1)
   r.kl_clamp = 20.0  # [U] our choice: clamp per-token log(pi/rho) to +-this before averaging (0 = off)
@@ -170,6 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_turns = 3  # turn limit at evaluation (paper §3.1)
   c.eval.split = "valid"  # split evaluated during training (paper: checkpoint selection on valid)
   c.eval.max_problems = 0  # evaluate at most this many problems (0 = all)
+  c.eval.single_turn = True  # also run 3 independent single-turn samples per rollout: ST pass@1 and ST 1@3 (paper §5.3)
+
+  c.distributed = distributed.default_config()  # multi-process start-up (rlef_jax/distributed.py)
 
   c.warmstart = ml_collections.ConfigDict()
   c.warmstart.enabled = False  # supervised warm start before RL (tiny synthetic model only; the paper starts from Instruct)
@@ -230,12 +221,12 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "env.rich_num_tests": _ge(1), "env.rich_max_failures": _ge(1),
     "execution.workers": _ge(0),
     "execution.sandbox": _choice("auto", "bwrap", "none"),
-    "execution.default_time_limit_s": _gt(0), "execution.default_memory_limit_bytes": _ge(1 << 20),
     "sampling.temperature": _ge(0), "sampling.top_p": _half_open(0, 1),
     "sampling.max_new_tokens": _ge(1), "sampling.max_context_length": _ge(2),
     "rl.kl_coef": _ge(0), "rl.clip_eps": _open(0, 1), "rl.value_clip": _gt(0),
     "rl.gamma": _half_open(0, 1), "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
     "rl.updates_per_round": _ge(1), "rl.advantage_norm": _choice("batch", "none"),
+    "rl.loss_aggregation": _choice("token_mean", "turn_mean"),
     "rl.sequence_unit": _choice("episode", "turn"), "rl.kl_clamp": _ge(0),
     "optim.lr": _gt(0), "optim.value_lr": _gt(0), "optim.weight_decay": _ge(0),
     "optim.warmup_steps": _ge(0),
@@ -342,6 +333,10 @@ def validate(config, num_devices: int | None = None) -> None:
     if value is not None and not ok(value):
       raise ValueError(f"config.{path} must be {requirement}, got {value!r}")
 
+  try:
+    env_config.EnvConfig.from_config(config.env)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.env: {e}") from None
   arch = _check_model(config.model)
   if config.sampling.max_new_tokens >= config.sampling.max_context_length:
     raise ValueError(f"config.sampling.max_new_tokens ({config.sampling.max_new_tokens}) must be "
