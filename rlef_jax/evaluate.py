@@ -1,0 +1,129 @@
+"""Evaluation: multi-turn 1@3 and single-turn pass@1 / 1@3 on a split (paper §5.1).
+
+  python -m rlef_jax.evaluate --config=configs/tiny.py --workdir=DIR [--checkpoint=STEP|PATH] [--split=valid]
+
+* Multi-turn (MT) 1@3: one rollout of up to `eval.max_turns` responses at temperature 0.2, top-p 0.95;
+  the submission is the rollout's final solution (paper §5.1).
+* Single-turn (ST): three independent first responses; pass@1 is the rate at which one response passes
+  all tests, and ST 1@3 submits the first of the three that passes the public tests, else the last
+  ([I] paper §5.1, the same public-test rule).
+* 95% intervals: bootstrap over episodes, 1000 resamples, 2.5 and 97.5 percentiles (paper §5.1 uses
+  200 resamples; more only tightens the estimate of the interval itself).
+
+Every episode's outcome (problem, turns, public pass per turn, final pass) is written next to the
+summary, so other n@k estimators (10@100 with public-test filtering, later issue) can be computed from
+the same samples without re-running the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from rlef_jax import rollout as rollout_lib
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def bootstrap_interval(successes: Sequence[float], seed: int = 0,
+                       resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+  """2.5 / 97.5 percentiles of the mean over bootstrap resamples of `successes`."""
+  x = np.asarray(successes, np.float64)
+  if x.size == 0:
+    return (float("nan"), float("nan"))
+  rng = np.random.default_rng(seed)
+  means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+  return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _summary(successes: Sequence[float], seed: int) -> dict[str, Any]:
+  lo, hi = bootstrap_interval(successes, seed)
+  return {"mean": float(np.mean(successes)) if len(successes) else float("nan"),
+          "ci95": [lo, hi], "episodes": len(successes)}
+
+
+def episode_outcome(record: rollout_lib.EpisodeRecord) -> dict[str, Any]:
+  from rlef_jax import env as env_lib  # pylint: disable=g-import-not-at-top
+  ep = record.episode
+  return {"problem": ep.problem.name,
+          "turns": len(ep.turns),
+          "valid": [bool(t.valid) for t in ep.turns],
+          "public_passed": [env_lib.public_passed(ep.problem, t.public_result) for t in ep.turns],
+          "solved": bool(ep.solved),
+          "truncated": bool(record.truncated)}
+
+
+def single_turn_one_at_three(outcomes: Sequence[dict[str, Any]]) -> list[float]:
+  """ST 1@3 over consecutive triples of single-turn outcomes of the same problem: submit the first
+  response that passes the public tests, else the third."""
+  successes = []
+  for i in range(0, len(outcomes) - len(outcomes) % 3, 3):
+    triple = outcomes[i:i + 3]
+    assert len({o["problem"] for o in triple}) == 1, "triples must share a problem"
+    chosen = next((o for o in triple if o["public_passed"][0]), triple[-1])
+    successes.append(float(chosen["solved"]))
+  return successes
+
+
+def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.RolloutEngine | None,
+             params: Any, problems: Sequence[Any], *, num_rollouts: int, rng: Any,
+             seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+  """Runs the evaluation episodes; returns (summary, per-episode outcomes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  mt_problems = [p for p in problems for _ in range(num_rollouts)]
+  records, stats = engine_mt.run(params, mt_problems, jax.random.fold_in(rng, 0))
+  mt = [dict(episode_outcome(r), mode="multi_turn") for r in records]
+  summary: dict[str, Any] = {
+      "problems": len(problems), "rollouts_per_problem": num_rollouts,
+      "multi_turn_1at3": _summary([o["solved"] for o in mt], seed),
+      "multi_turn_turns_mean": float(np.mean([o["turns"] for o in mt])),
+      "multi_turn_first_turn_pass": _summary(
+          [float(o["public_passed"][0] and o["turns"] == 1 and o["solved"]) for o in mt], seed),
+      "rollout_seconds": stats.seconds,
+  }
+  outcomes = mt
+  if engine_st is not None:
+    st_problems = [p for p in problems for _ in range(3 * num_rollouts)]
+    st_records, _ = engine_st.run(params, st_problems, jax.random.fold_in(rng, 1))
+    st = [dict(episode_outcome(r), mode="single_turn") for r in st_records]
+    summary["single_turn_pass1"] = _summary([o["solved"] for o in st], seed)
+    summary["single_turn_1at3"] = _summary(single_turn_one_at_three(st), seed)
+    outcomes = mt + st
+  return summary, outcomes
+
+
+def write_results(directory: str, name: str, summary: dict[str, Any],
+                  outcomes: Sequence[dict[str, Any]]) -> str:
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f"{name}.json")
+  with open(path, "w") as f:
+    json.dump(summary, f, indent=2)
+  with open(os.path.join(directory, f"{name}.episodes.jsonl"), "w") as f:
+    for o in outcomes:
+      f.write(json.dumps(o) + "\n")
+  return path
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  def one(key):
+    s = summary[key]
+    return f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] (n={s['episodes']})"
+  parts = [f"MT 1@3 {one('multi_turn_1at3')}"]
+  if "single_turn_pass1" in summary:
+    parts += [f"ST pass@1 {one('single_turn_pass1')}", f"ST 1@3 {one('single_turn_1at3')}"]
+  return "; ".join(parts)
+
+
+def main(argv: Sequence[str]) -> None:
+  from rlef_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  train_lib.evaluate_main(argv)
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from rlef_jax import train as _train  # noqa: F401  (defines the shared flags)
+  app.run(main)

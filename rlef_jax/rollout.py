@@ -1,0 +1,262 @@
+"""Batches of multi-turn episodes: the sampler, the execution pool and the environment together.
+
+Paper §2.1: each episode is a dialogue of at most `max_turns` responses; after each response the public
+tests run and either the episode ends (they pass, or the turn limit is reached) or the feedback message
+is appended and the model answers again. The final solution is scored on the private tests.
+
+Token-in/token-out (peers.md "Multi-turn"): the sampler's own token ids are kept; what the environment
+appends (feedback message, assistant header) is fed to the KV cache as the next chunk, so the history is
+never re-tokenised or recomputed.
+
+Overlap of generation and execution: the episodes are split into `num_groups` groups with their own KV
+caches, visited round-robin. After a group's turn is sampled its test jobs are submitted to the pool and
+the next group samples while they run; a group is only waited on when its turn comes again. The order
+of every step is fixed, so a rollout is a deterministic function of (params, problems, rng) — what
+bitwise resume needs. The fraction of rollout time spent waiting on execution is reported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+
+from rlef_jax import env as env_lib
+from rlef_jax import model as model_lib
+from rlef_jax import sampler as sampler_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSettings:
+  """How episodes are sampled (config.sampling and config.env)."""
+  max_new_tokens: int          # tokens per response at most ([U] paper gives no limit)
+  max_context_length: int      # KV-cache slots per episode: prompt + all turns ([U])
+  temperature: float           # 1.0 in training (paper App. A.1), 0.2 for 1@3 evaluation (paper §5.1)
+  top_p: float                 # 1.0 in training, 0.95 in evaluation
+  num_groups: int = 2          # groups visited round-robin so execution overlaps generation
+  length_bucket: int = 32      # prefill chunks are padded to a multiple of this (fewer compilations)
+
+
+@dataclasses.dataclass
+class EpisodeRecord:
+  """One finished episode with what training needs beyond the environment's `Episode`."""
+  episode: Any                               # env.Episode
+  behaviour_logp: list[np.ndarray]           # per turn: sampling log-probs of its response tokens
+  truncated: bool                            # ended because the context was full
+
+
+@dataclasses.dataclass
+class RolloutStats:
+  seconds: float = 0.0
+  sample_seconds: float = 0.0
+  execution_wait_seconds: float = 0.0
+  generated_tokens: int = 0
+
+  def as_metrics(self) -> dict[str, float]:
+    total = max(self.seconds, 1e-9)
+    return {"rollout/seconds": self.seconds,
+            "rollout/sample_seconds": self.sample_seconds,
+            "rollout/execution_wait_fraction": self.execution_wait_seconds / total,
+            "rollout/generated_tokens_per_second": self.generated_tokens / total}
+
+
+@dataclasses.dataclass
+class _Group:
+  rows: list[int]                  # indices into the episode list
+  states: list[Any]
+  cache: model_lib.KVCache
+  futures: dict[int, Any]          # row position -> (public future, random-feedback future or None)
+  logps: list[list[np.ndarray]]
+  truncated: list[bool]
+
+
+def end_early(state: Any, max_context_length: int) -> Any:
+  """Ends an episode whose next turn would not fit in the context: the last response becomes the
+  final one and the feedback appended after it is dropped ([U] the paper gives no context limit)."""
+  if not state.turns:
+    raise ValueError(f"the prompt of problem {state.problem.name!r} has {len(state.tokens)} tokens and "
+                     f"leaves no room to answer in config.sampling.max_context_length="
+                     f"{max_context_length}; raise it or filter such problems")
+  last = state.turns[-1]
+  end = last.response_end
+  return dataclasses.replace(
+      state, tokens=state.tokens[:end], policy_mask=state.policy_mask[:end],
+      turns=state.turns[:-1] + (dataclasses.replace(last, feedback=None),), done=True,
+      pending=env_lib.PENDING_FINAL_RESULT)
+
+
+def _bucket(n: int, bucket: int) -> int:
+  return max(bucket, -(-n // bucket) * bucket)
+
+
+class RolloutEngine:
+  """Runs batches of episodes for one policy model; reusable across rounds (compilations are cached)."""
+
+  def __init__(self, model: Any, llama_config: model_lib.LlamaConfig, tokenizer: Any, pool: Any,
+               env_config: Any, settings: RolloutSettings, mesh: Optional[jax.sharding.Mesh] = None):
+    self.model = model
+    self.llama_config = llama_config
+    self.tokenizer = tokenizer
+    self.pool = pool
+    self.env_config = env_config
+    self.settings = settings
+    self.mesh = mesh
+    self.stop_ids = tuple(sorted(tokenizer.stop_ids))
+
+  # -- one group's turn -------------------------------------------------------------------------
+  def _sample_turn(self, group: _Group, params: Any, rng: jax.Array, stats: RolloutStats) -> None:
+    s = self.settings
+    active = [not st.done for st in group.states]
+    fed = np.asarray(group.cache.lengths_B)
+    chunks = []
+    for i, st in enumerate(group.states):
+      if not active[i]:
+        chunks.append([])
+        continue
+      chunk = list(st.tokens[int(fed[i]):])
+      # The next response needs room: a full context ends the episode with its last answer as final.
+      if int(fed[i]) + len(chunk) + 2 > s.max_context_length:
+        group.states[i] = end_early(st, s.max_context_length)
+        group.truncated[i] = True
+        active[i] = False
+        chunk = []
+      chunks.append(chunk)
+    if not any(active):
+      return
+    width = _bucket(max(len(c) for c in chunks), s.length_bucket)
+    width = min(width, s.max_context_length)
+    new_BxL = np.full((len(chunks), width), self.tokenizer.pad_id, np.int32)
+    num_new_B = np.zeros(len(chunks), np.int32)
+    for i, c in enumerate(chunks):
+      new_BxL[i, :len(c)] = c
+      num_new_B[i] = len(c)
+    t0 = time.perf_counter()
+    out = sampler_lib.generate(
+        params, group.cache, new_BxL, num_new_B, rng, model=self.model,
+        max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+        stop_ids=self.stop_ids, pad_id=self.tokenizer.pad_id, active_B=np.asarray(active),
+        mesh=self.mesh)
+    tokens_BxT = np.asarray(out.tokens_BxT)
+    logp_BxT = np.asarray(out.logprobs_BxT)
+    lengths_B = np.asarray(out.lengths_B)
+    stats.sample_seconds += time.perf_counter() - t0
+    group.cache = out.cache
+    for i in range(len(chunks)):
+      if not active[i]:
+        continue
+      n = int(lengths_B[i])
+      stats.generated_tokens += n
+      response = [int(t) for t in tokens_BxT[i, :n]]
+      group.logps[i].append(logp_BxT[i, :n].astype(np.float32))
+      state, job = env_lib.on_response(group.states[i], response)
+      group.states[i] = state
+      public = self.pool.submit(job) if job is not None else None
+      random_fb = None
+      if state.config.feedback == "random" and len(state.turns) < state.config.max_turns:
+        # Paper App. C.2: another problem's incorrect program on that problem's public tests.
+        rf = env_lib.random_feedback_job(state.problem, self._problems, self._np_rng)
+        random_fb = (rf, [self.pool.submit(j) for j in rf.jobs])
+      group.futures[i] = (public, random_fb)
+
+  def _collect(self, group: _Group, stats: RolloutStats) -> None:
+    t0 = time.perf_counter()
+    for i in sorted(group.futures):
+      public, random_fb = group.futures[i]
+      result = public.result() if public is not None else None
+      text = None
+      if random_fb is not None:
+        rf, futures = random_fb
+        text = env_lib.random_feedback_text(rf, [f.result() for f in futures],
+                                            env_config=group.states[i].config)
+      group.states[i] = env_lib.on_public_result(group.states[i], result, random_feedback_text=text)
+    group.futures = {}
+    stats.execution_wait_seconds += time.perf_counter() - t0
+
+  # -- a whole batch ----------------------------------------------------------------------------
+  def run(self, params: Any, problems: Sequence[Any], rng: jax.Array,
+          feedback_problems: Optional[Sequence[Any]] = None) -> tuple[list[EpisodeRecord], RolloutStats]:
+    """Runs one episode per entry of `problems` (repeat a problem for several samples).
+
+    `feedback_problems`: the split the random-feedback ablation draws other problems from (paper
+    App. C.2); defaults to `problems`.
+    """
+    stats = RolloutStats()
+    start = time.perf_counter()
+    self._problems = list(feedback_problems if feedback_problems is not None else problems)
+    self._np_rng = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist()
+                                         if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+                                         else np.asarray(rng).ravel().tolist())
+    s = self.settings
+    num_groups = max(1, min(s.num_groups, len(problems)))
+    bounds = np.linspace(0, len(problems), num_groups + 1).astype(int)
+    groups = []
+    for g in range(num_groups):
+      rows = list(range(bounds[g], bounds[g + 1]))
+      states = [env_lib.start(problems[r], self.tokenizer, self.env_config) for r in rows]
+      cache = model_lib.init_cache(self.llama_config, len(rows), s.max_context_length)
+      groups.append(_Group(rows, states, cache, {}, [[] for _ in rows], [False] * len(rows)))
+
+    step = 0
+    while not all(all(st.done for st in g.states) and not g.futures for g in groups):
+      for g in groups:
+        if g.futures:
+          self._collect(g, stats)
+        if all(st.done for st in g.states):
+          continue
+        self._sample_turn(g, params, jax.random.fold_in(rng, step), stats)
+        step += 1
+
+    # Score every final solution on the private (+ generated) tests, all jobs in flight at once.
+    records: list[Optional[EpisodeRecord]] = [None] * len(problems)
+    finals = []
+    for g in groups:
+      for i, st in enumerate(g.states):
+        job = env_lib.final_job(st)
+        finals.append((g, i, st, self.pool.submit(job) if job is not None else None))
+    t0 = time.perf_counter()
+    for g, i, st, future in finals:
+      episode = env_lib.finish(st, future.result() if future is not None else None)
+      records[g.rows[i]] = EpisodeRecord(episode, g.logps[i], g.truncated[i])
+    stats.execution_wait_seconds += time.perf_counter() - t0
+    stats.seconds = time.perf_counter() - start
+    return records, stats  # type: ignore[return-value]
+
+
+def to_batch(records: Sequence[EpisodeRecord], *, max_turns: int, pad_id: int,
+             length_bucket: int = 32) -> dict[str, np.ndarray]:
+  """Right-padded training arrays of whole episodes (one row per episode = one PPO "sequence", our
+  reading of the paper's "4 updates on 256 sequences each", config.rl.sequence_unit).
+
+  `turn_id_BxL` marks each policy token with its turn; `value_index_BxT` is the last prompt token
+  before each response (paper §3: the value is predicted from the last token of the prompt).
+  """
+  B = len(records)
+  L = _bucket(max(len(r.episode.tokens) for r in records), length_bucket)
+  T = max_turns
+  out = {
+      "tokens_BxL": np.full((B, L), pad_id, np.int32),
+      "policy_mask_BxL": np.zeros((B, L), np.float32),
+      "turn_id_BxL": np.full((B, L), -1, np.int32),
+      "behaviour_logp_BxL": np.zeros((B, L), np.float32),
+      "value_index_BxT": np.zeros((B, T), np.int32),
+      "turn_mask_BxT": np.zeros((B, T), np.float32),
+      "task_rewards_BxT": np.zeros((B, T), np.float32),
+  }
+  for b, rec in enumerate(records):
+    ep = rec.episode
+    out["tokens_BxL"][b, :len(ep.tokens)] = ep.tokens
+    out["policy_mask_BxL"][b, :len(ep.policy_mask)] = ep.policy_mask
+    for t, turn in enumerate(ep.turns):
+      start, end = turn.prompt_end, turn.response_end
+      logp = rec.behaviour_logp[t]
+      n = min(end - start, len(logp))
+      out["turn_id_BxL"][b, start:end] = t
+      out["behaviour_logp_BxL"][b, start:start + n] = logp[:n]
+      out["value_index_BxT"][b, t] = start - 1
+      out["turn_mask_BxT"][b, t] = 1.0
+      out["task_rewards_BxT"][b, t] = turn.task_reward
+    # Only policy tokens carry a turn id (an appended end-of-turn token is not the policy's).
+    out["turn_id_BxL"][b] = np.where(out["policy_mask_BxL"][b] > 0, out["turn_id_BxL"][b], -1)
+  return out

@@ -1,0 +1,450 @@
+"""The RLEF trainer (paper §2–3, App. A.1): `python -m rlef_jax.train --config=configs/X.py --workdir=DIR`.
+
+Read top to bottom: build (mesh, tokenizer, models, data, executor) → restore or initialise → [warm
+start, tiny model only] → evaluate → loop over rounds {collect rollouts, score them, K minibatch PPO
+updates, log, evaluate, checkpoint} → final checkpoint and evaluation.
+
+A round collects `rl.rollouts_per_round` episodes with the current policy, computes per-turn rewards
+with the KL penalty to the frozen initial policy, returns, values and advantages once for the whole
+round, then makes `rl.updates_per_round` updates of `rl.minibatch_size` episodes. The step counter
+counts updates (paper: 12,000 updates for 8B). Checkpoints hold both models' params and optimizer
+states, the step, the RNG and the data iterator's state, and are written at round boundaries; a run
+restarted with the same workdir resumes from the latest one. SIGTERM finishes the current round, writes
+a checkpoint and exits 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+from rlef_jax import checkpoint as checkpoint_lib
+from rlef_jax import config as config_lib
+from rlef_jax import distributed
+from rlef_jax import env as env_lib
+from rlef_jax import evaluate as evaluate_lib
+from rlef_jax import metrics as metrics_lib
+from rlef_jax import model as model_lib
+from rlef_jax import ppo
+from rlef_jax import rollout as rollout_lib
+from rlef_jax import sharding
+from rlef_jax import warmstart as warmstart_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluations.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
+                                  "evaluate only: a train step in the workdir, 'warmstart', or a "
+                                  "params directory (default: the latest train checkpoint).")
+_SPLIT = flags.DEFINE_string("split", None, "evaluate only: the split (default config.eval.split).")
+
+REFERENCE_DIR = "reference_params"   # the frozen initial policy ρ (after the warm start, if any)
+EVAL_DIR = "eval"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything built from the config once."""
+  config: Any
+  workdir: str
+  mesh: jax.sharding.Mesh
+  llama_config: model_lib.LlamaConfig
+  policy_model: model_lib.Llama
+  value_model: model_lib.LlamaValue
+  tokenizer: Any
+  pool: Any
+
+  def close(self):
+    self.pool.close()
+
+
+def build(config: Any, workdir: str) -> Run:
+  from rlef_jax.execution import ExecutionPool  # pylint: disable=g-import-not-at-top
+  from rlef_jax.tokenizer import ChatTokenizer  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate(config, num_devices=jax.device_count())
+  mesh = sharding.make_mesh(config.mesh)
+  tokenizer = ChatTokenizer.load(_resolve_path(config.tokenizer.path))
+  llama_config = config_lib.llama_config(config.model)
+  if tokenizer.vocab_size != llama_config.vocab_size:
+    # A larger model vocabulary would let the sampler emit ids the tokenizer cannot decode.
+    raise ValueError(f"the tokenizer {config.tokenizer.path!r} has {tokenizer.vocab_size} tokens but "
+                     f"config.model.vocab_size is {llama_config.vocab_size}; set them equal")
+  workers = config.execution.workers or os.cpu_count() or 1
+  pool = ExecutionPool(workers=workers, sandbox=config.execution.sandbox)
+  return Run(config, workdir, mesh, llama_config, model_lib.Llama(llama_config),
+             model_lib.LlamaValue(llama_config), tokenizer, pool)
+
+
+def _resolve_path(path: str) -> str:
+  """A relative path is taken from the current directory, else from the repository root."""
+  if not path or os.path.exists(path):
+    return path
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.path.join(root, path)
+
+
+def data_source(config: Any, split: str):
+  """The TFDS array_record data source of `config.data.name`/`split`, prepared on first use."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import rlef_jax.data.builders  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
+  data_dir = config.data.data_dir or None
+  builder = tfds.builder(config.data.name, data_dir=data_dir)
+  download_config = None
+  if config.data.source_dir:
+    download_config = tfds.download.DownloadConfig(manual_dir=config.data.source_dir)
+  builder.download_and_prepare(download_config=download_config)
+  if split not in builder.info.splits:
+    raise ValueError(f"dataset {config.data.name!r} has no split {split!r}; it has "
+                     f"{sorted(builder.info.splits)} (config.data.train_split / eval_split)")
+  return builder.as_data_source(split=split)
+
+
+def to_problem(example: dict, config: Any) -> Any:
+  return env_lib.Problem.from_record(example["source"], example["problem"], env_config=config.env)
+
+
+def eval_problems(config: Any, split: str) -> list[Any]:
+  source = data_source(config, split)
+  n = len(source) if not config.eval.max_problems else min(len(source), config.eval.max_problems)
+  from rlef_jax.data import records  # pylint: disable=g-import-not-at-top
+  return [to_problem(records.decode_example(source[i]), config) for i in range(n)]
+
+
+def rollout_settings(config: Any, *, evaluation: bool) -> rollout_lib.RolloutSettings:
+  return rollout_lib.RolloutSettings(
+      max_new_tokens=config.sampling.max_new_tokens,
+      max_context_length=config.sampling.max_context_length,
+      temperature=config.eval.temperature if evaluation else config.sampling.temperature,
+      top_p=config.eval.top_p if evaluation else config.sampling.top_p)
+
+
+def _env_config(config: Any, max_turns: int) -> Any:
+  env_config = config.env.copy_and_resolve_references()
+  with env_config.unlocked():
+    env_config.max_turns = max_turns
+  return env_config
+
+
+def evaluation_engines(run: Run) -> tuple[rollout_lib.RolloutEngine, rollout_lib.RolloutEngine]:
+  c = run.config
+  settings = rollout_settings(c, evaluation=True)
+  mt = rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
+                                 _env_config(c, c.eval.max_turns), settings, run.mesh)
+  st = rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
+                                 _env_config(c, 1), settings, run.mesh)
+  return mt, st
+
+
+def run_evaluation(run: Run, params: Any, problems: Sequence[Any], name: str, rng: jax.Array,
+                   single_turn: bool = True) -> dict:
+  mt, st = evaluation_engines(run)
+  summary, outcomes = evaluate_lib.evaluate(
+      mt, st if single_turn and run.config.eval.single_turn else None, params, problems,
+      num_rollouts=run.config.eval.num_rollouts_per_problem, rng=rng, seed=run.config.train.seed)
+  summary["name"] = name
+  if jax.process_index() == 0:
+    path = evaluate_lib.write_results(os.path.join(run.workdir, EVAL_DIR), name, summary, outcomes)
+    logging.info("evaluation %s: %s (%s)", name, evaluate_lib.format_summary(summary), path)
+    print(f"[eval {name}] {evaluate_lib.format_summary(summary)}", flush=True)
+  return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Params: initial policy, warm start, reference
+
+
+def initial_policy_params(run: Run, rng: jax.Array) -> Any:
+  """Random init or `config.model.init_checkpoint` (an HF directory or an orbax params directory)."""
+  path = run.config.model.init_checkpoint
+  shardings = sharding.param_shardings(run.policy_model, run.mesh)
+  if not path:
+    return sharding.init_params(run.policy_model, run.mesh, rng)
+  if os.path.exists(os.path.join(path, "config.json")):
+    from rlef_jax import hf  # pylint: disable=g-import-not-at-top
+    return hf.load_params(path, run.llama_config, shardings=shardings)
+  params, _ = checkpoint_lib.restore_params(path, shardings=shardings)
+  return params
+
+
+def reference_params(run: Run, rng: jax.Array) -> Any:
+  """The frozen initial policy ρ, made once per workdir (after the warm start when enabled)."""
+  ref_dir = os.path.join(run.workdir, REFERENCE_DIR)
+  shardings = sharding.param_shardings(run.policy_model, run.mesh)
+  if os.path.exists(ref_dir):
+    params, _ = checkpoint_lib.restore_params(ref_dir, shardings=shardings)
+    return params
+  params = initial_policy_params(run, rng)
+  c = run.config
+  if c.warmstart.enabled:
+    problems = _problem_stream(run, seed=c.data.seed + 1)
+    print(f"[warmstart] {c.warmstart.steps} supervised steps (statement -> solution, single turn)",
+          flush=True)
+    params = warmstart_lib.run(
+        params, run.policy_model, problems, run.tokenizer, env_config=c.env, steps=c.warmstart.steps,
+        lr=c.warmstart.lr, batch_size=c.warmstart.batch_size,
+        context_length=c.sampling.max_context_length, seed=c.train.seed,
+        log=lambda step, m: print(f"[warmstart] step {step}: " + ", ".join(
+            f"{k.split('/')[-1]} {v:.4g}" for k, v in m.items()), flush=True))
+  checkpoint_lib.save_params(ref_dir, params, metadata={"what": "initial policy (KL reference)"})
+  return params
+
+
+def _problem_stream(run: Run, seed: int):
+  """Endless (problem, reference solutions) pairs from the train split (warm start)."""
+  from rlef_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  c = run.config
+  iterator = pipeline.make_iterator(data_source(c, c.data.train_split), seed=seed, shuffle=True)
+  for example in iterator:
+    solutions = example["problem"].get("solutions") or []
+    if solutions:
+      yield to_problem(example, c), solutions
+
+
+# ---------------------------------------------------------------------------------------------
+# One round
+
+
+def make_round_batch(run: Run, state: ppo.TrainState, ref_params: Any,
+                     records: Sequence[rollout_lib.EpisodeRecord], fns: dict) -> tuple[dict, dict]:
+  """Training arrays for a round: old / reference log-probs, values and the per-turn targets."""
+  c = run.config
+  batch = rollout_lib.to_batch(records, max_turns=c.env.max_turns, pad_id=run.tokenizer.pad_id)
+  tokens = jnp.asarray(batch["tokens_BxL"])
+  old_logp = fns["logprob"](state.policy_params, tokens)
+  ref_logp = fns["logprob"](ref_params, tokens)
+  old_values = fns["value"](state.value_params, tokens, jnp.asarray(batch["value_index_BxT"]))
+  policy_mask = jnp.asarray(batch["policy_mask_BxL"])
+  targets = ppo.compute_turn_targets(
+      jnp.asarray(batch["task_rewards_BxT"]), old_logp * policy_mask, ref_logp * policy_mask,
+      jnp.asarray(batch["turn_id_BxL"]), jnp.asarray(batch["turn_mask_BxT"]), old_values, c.rl)
+  batch.update(old_logp_BxL=np.asarray(old_logp), old_values_BxT=np.asarray(old_values),
+               advantages_BxT=np.asarray(targets["advantages_BxT"]),
+               returns_BxT=np.asarray(targets["returns_BxT"]))
+  turn_mask = batch["turn_mask_BxT"]
+  mask = batch["policy_mask_BxL"]
+  episodes = [r.episode for r in records]
+  metrics = {
+      "reward/task_mean": float(np.sum(batch["task_rewards_BxT"]) / len(records)),
+      "reward/total_mean": float(np.sum(np.asarray(targets["rewards_BxT"]) * turn_mask) / len(records)),
+      "reward/return_mean": float(np.sum(batch["returns_BxT"][:, 0]) / len(records)),
+      "solve/private": float(np.mean([ep.solved for ep in episodes])),
+      "solve/public": float(np.mean([any(env_lib.public_passed(ep.problem, t.public_result)
+                                             for t in ep.turns) for ep in episodes])),
+      "episode/turns": float(np.mean([len(ep.turns) for ep in episodes])),
+      "episode/valid_code": float(np.mean([t.valid for ep in episodes for t in ep.turns])),
+      "episode/truncated": float(np.mean([r.truncated for r in records])),
+      "episode/response_tokens": float(np.sum(mask) / max(np.sum(turn_mask), 1)),
+      "kl/turn_mean": float(np.sum(np.asarray(targets["kl_BxT"]) * turn_mask) / max(np.sum(turn_mask), 1)),
+      "value/mean": float(np.sum(batch["old_values_BxT"] * turn_mask) / max(np.sum(turn_mask), 1)),
+      "logp/sampler_vs_trainer_abs_diff": float(
+          np.sum(np.abs(batch["old_logp_BxL"] - batch["behaviour_logp_BxL"]) * mask) / max(np.sum(mask), 1)),
+  }
+  return batch, metrics
+
+
+def _round_problems(run: Run, iterator, count: int) -> list[Any]:
+  return [to_problem(next(iterator), run.config) for _ in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+class _Stop:
+  """Set by SIGTERM / SIGINT: finish the round, checkpoint, exit cleanly."""
+  requested = False
+
+  @classmethod
+  def install(cls):
+    def handler(signum, frame):
+      del frame
+      logging.warning("signal %d: stopping after this round with a final checkpoint", signum)
+      cls.requested = True
+    signal.signal(signal.SIGTERM, handler)
+
+
+def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None) -> dict:
+  """Runs (or resumes) training; returns the final evaluation summaries. `stop_after_updates` stops
+  early at a round boundary with a checkpoint, as a SIGTERM would (used by the resume test)."""
+  from rlef_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(workdir, exist_ok=True)
+  run = build(config, workdir)
+  c = config
+  try:
+    rng = jax.random.key(c.train.seed)
+    init_rng, value_rng, eval_rng, train_rng = jax.random.split(rng, 4)
+    ref_params = reference_params(run, init_rng)
+
+    policy_opt, value_opt = ppo.make_optimizers(c.optim, total_steps=c.train.num_updates)
+    value_params = model_lib.value_params_from_policy(ref_params, value_rng, run.llama_config)
+    # The update donates the state, so the policy must not share buffers with the frozen reference.
+    policy_params = jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
+    state = ppo.init_train_state(policy_params, value_params, policy_opt, value_opt, train_rng)
+
+    iterator = pipeline.make_iterator(
+        data_source(c, c.data.train_split), seed=c.data.seed, shuffle=c.data.shuffle,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                               max_to_keep=c.train.keep_checkpoints)
+    start_step = 0
+    if checkpointer.latest_step() is not None:
+      state, extra = checkpointer.restore(None, checkpoint_lib.abstract_like(state))
+      iterator.set_state(extra["data_iterator"])
+      start_step = int(state.step)
+      print(f"[train] resumed from step {start_step} in {workdir}", flush=True)
+
+    problems_eval = eval_problems(c, c.eval.split)
+    results = {}
+    if start_step == 0 and not os.path.exists(os.path.join(workdir, EVAL_DIR, "step_0.json")):
+      results["before"] = run_evaluation(run, ref_params, problems_eval, "step_0",
+                                         jax.random.fold_in(eval_rng, 0))
+
+    engine = rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
+                                       c.env, rollout_settings(c, evaluation=False), run.mesh)
+    fns = {"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh),
+           "value": ppo.make_value_fn(run.value_model, mesh=run.mesh)}
+    update = ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt, c.rl,
+                                  mesh=run.mesh)
+    writer = metrics_lib.MetricsWriter(metrics_lib.local_metrics_dir(workdir), total_steps=c.train.num_updates, resume_step=start_step,
+                                       log_every=c.train.log_every,
+                                       console_keys=("solve/private", "reward/task_mean", "episode/turns",
+                                                     "kl/turn_mean"))
+    timers = metrics_lib.Timers()
+    _Stop.install()
+    step = start_step
+    per_round = c.rl.updates_per_round
+    local_rollouts = c.rl.rollouts_per_round // jax.process_count()
+    last_checkpoint = start_step
+    while step < c.train.num_updates:
+      round_start = time.perf_counter()
+      round_rng = jax.random.fold_in(state.rng, step)
+      with timers("rollout"):
+        problems = _round_problems(run, iterator, local_rollouts)
+        records, stats = engine.run(state.policy_params, problems, round_rng)
+      with timers("score"):
+        batch, round_metrics = make_round_batch(run, state, ref_params, records, fns)
+      with timers("update"):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(round_rng, 1), len(records)))
+        update_metrics = []
+        for k in range(per_round):
+          rows = order[k * c.rl.minibatch_size:(k + 1) * c.rl.minibatch_size]
+          minibatch = {key: jnp.asarray(batch[key][rows]) for key in ppo.MINIBATCH_KEYS}
+          state, m = update(state, minibatch)
+          update_metrics.append(m)
+          step += 1
+      seconds = time.perf_counter() - round_start
+      tokens = float(np.sum(batch["policy_mask_BxL"]))
+      log = {**round_metrics, **stats.as_metrics(),
+             **{k: float(np.mean([metrics_lib.to_scalar(k, m[k]) for m in update_metrics]))
+                for k in update_metrics[0]},
+             **timers.report(), "throughput/policy_tokens_per_second": tokens / seconds,
+             "round/seconds": seconds}
+      writer.write(step, log)
+
+      last = step >= c.train.num_updates
+      stopping = _Stop.requested or (stop_after_updates is not None and step >= stop_after_updates)
+      if c.train.eval_every and (step % c.train.eval_every < per_round) and not last:
+        run_evaluation(run, state.policy_params, problems_eval, f"step_{step}",
+                       jax.random.fold_in(eval_rng, step), single_turn=False)
+      if last or stopping or step - last_checkpoint >= c.train.checkpoint_every:
+        checkpointer.save(step, state, {"data_iterator": iterator.get_state()})
+        last_checkpoint = step
+      if stopping and not last:
+        checkpointer.wait()
+        print(f"[train] stopped at step {step}; rerun the same command to resume", flush=True)
+        writer.close()
+        checkpointer.close()
+        return results
+    checkpointer.wait()
+    writer.close()
+    checkpointer.close()
+    results["after"] = run_evaluation(run, state.policy_params, problems_eval, f"step_{step}_final",
+                                      jax.random.fold_in(eval_rng, 10**9))
+    if "before" not in results:
+      before_path = os.path.join(workdir, EVAL_DIR, "step_0.json")
+      if os.path.exists(before_path):
+        with open(before_path) as f:
+          results["before"] = json.load(f)
+    if "before" in results:
+      print(f"[result] before RLEF: {evaluate_lib.format_summary(results['before'])}", flush=True)
+    print(f"[result] after RLEF:  {evaluate_lib.format_summary(results['after'])}", flush=True)
+    return results
+  finally:
+    run.close()
+
+
+def evaluate_main(argv: Sequence[str]) -> None:
+  """`python -m rlef_jax.evaluate`: evaluate a checkpoint of a workdir on a split."""
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  c, workdir = _CONFIG.value, _WORKDIR.value
+  if workdir is None:
+    raise app.UsageError("--workdir is required")
+  distributed.initialize(c)
+  run = build(c, workdir)
+  try:
+    shardings = sharding.param_shardings(run.policy_model, run.mesh)
+    which = _CHECKPOINT.value
+    if which == "warmstart" or which == "reference":
+      params, _ = checkpoint_lib.restore_params(os.path.join(workdir, REFERENCE_DIR), shardings=shardings)
+      name = "reference"
+    elif which and os.path.isdir(which):
+      params, _ = checkpoint_lib.restore_params(which, shardings=shardings)
+      name = os.path.basename(os.path.normpath(which))
+    else:
+      checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+      step = int(which) if which else checkpointer.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"no train checkpoint in {workdir}/checkpoints; pass --checkpoint")
+      policy_opt, value_opt = ppo.make_optimizers(c.optim, total_steps=c.train.num_updates)
+      rng = jax.random.key(0)
+      params0 = sharding.init_params(run.policy_model, run.mesh, rng)
+      template = ppo.init_train_state(
+          params0, model_lib.value_params_from_policy(params0, rng, run.llama_config),
+          policy_opt, value_opt, rng)
+      state, _ = checkpointer.restore(step, checkpoint_lib.abstract_like(template))
+      params, name = state.policy_params, f"step_{step}"
+    split = _SPLIT.value or c.eval.split
+    problems = eval_problems(c, split)
+    run_evaluation(run, params, problems, f"evaluate_{name}_{split}",
+                   jax.random.key(c.train.seed + 7))
+  finally:
+    run.close()
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
+  config = _CONFIG.value
+  distributed.initialize(config)
+  train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)
