@@ -12,7 +12,9 @@ exactly the test's processes, daemons included, and the test cannot signal it ba
 Expected outputs never reach this process: it only reports what the program did; the host judges.
 Never import anything from rlef_jax here: this file runs inside the sandbox on its own.
 """
+import atexit
 import ctypes
+import gc
 import io
 import json
 import os
@@ -59,9 +61,21 @@ def _read_exact(n):
     return b"".join(chunks)
 
 
-def _send(msg):
+_outbox = []
+
+
+def _send(msg, flush=True):
+    """Frame `msg` for the host; with flush=False it waits in `_outbox` for the next `_flush_sends()`
+    (reports that arrive together from a child leave together, in one write)."""
     data = json.dumps(msg).encode()
-    data = struct.pack(">I", len(data)) + data
+    _outbox.append(struct.pack(">I", len(data)) + data)
+    if flush:
+        _flush_sends()
+
+
+def _flush_sends():
+    data = b"".join(_outbox)
+    _outbox.clear()
     while data:
         data = data[os.write(1, data):]
 
@@ -86,16 +100,43 @@ def _chain(te):
     return seen
 
 
-def _enter_child(limits, workdir, stdin_fd, out_w, err_w, res_w, cpu_s):
-    """Runs in the forked child: isolate, limit, redirect. Never returns on failure."""
+def _rlimits(limits, cpu_s):
+    """The (resource, soft, hard) triples every test child sets, computed in the runner before forking
+    (the less Python the child runs, the fewer copy-on-write page faults it pays)."""
+    mem = limits["memory_bytes"]
+    return ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_DATA, mem, mem),
+            (resource.RLIMIT_STACK, min(mem, 256 << 20), min(mem, 256 << 20)),
+            (resource.RLIMIT_CPU, cpu_s, cpu_s + 1),
+            (resource.RLIMIT_FSIZE, limits["file_bytes"], limits["file_bytes"]),
+            (resource.RLIMIT_NPROC, limits["processes"], limits["processes"]),
+            (resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"]),
+            (resource.RLIMIT_CORE, 0, 0))
+
+
+def _child_streams():
+    """Fresh text streams over fds 0-2 for one test child, built in the child (they must not share
+    buffers with anything that ran before)."""
+    return (io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8",
+                             errors="replace"),
+            io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8",
+                             errors="backslashreplace"),
+            io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+                             write_through=True))
+
+
+def _enter_child(rlimits, workdir, stdin_fd, out_w, err_w, res_w):
+    """Runs in the forked child: isolate, limit, redirect. Never returns on failure.
+
+    The environment is not rebuilt here: the runner's own environment already is exactly the tests'
+    clean environment (see `main`), and a fork inherits it."""
     try:
         os.setsid()
         for fd, target in ((stdin_fd, 0), (out_w, 1), (err_w, 2), (res_w, 3)):
             os.dup2(fd, target)
         os.closerange(4, 1 << 16)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not PID1:
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
+                signal.signal(sig, signal.SIG_DFL)
         if os.geteuid() == 0 and CONFIG.get("uid") is not None:
             if CONFIG.get("path_fds"):
                 _paths_through_fds()
@@ -105,28 +146,14 @@ def _enter_child(limits, workdir, stdin_fd, out_w, err_w, res_w, cpu_s):
         if not PID1:
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        mem = limits["memory_bytes"]
-        for res, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_DATA, mem, mem),
-                                (resource.RLIMIT_STACK, min(mem, 256 << 20), min(mem, 256 << 20)),
-                                (resource.RLIMIT_CPU, cpu_s, cpu_s + 1),
-                                (resource.RLIMIT_FSIZE, limits["file_bytes"], limits["file_bytes"]),
-                                (resource.RLIMIT_NPROC, limits["processes"], limits["processes"]),
-                                (resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"]),
-                                (resource.RLIMIT_CORE, 0, 0)):
+        for res, soft, hard in rlimits:
             try:
                 resource.setrlimit(res, (soft, hard))
             except (ValueError, OSError):
                 h = resource.getrlimit(res)[1]
                 resource.setrlimit(res, (min(soft, h) if h >= 0 else soft, h))
         os.chdir(workdir)
-        os.environ.clear()
-        os.environ.update(CHILD_ENV, HOME=workdir, TMPDIR=workdir)
-        sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
-                                                     encoding="utf-8", errors="replace")
-        sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
-                                                       encoding="utf-8", errors="backslashreplace")
-        sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
-                                                       errors="backslashreplace", write_through=True)
+        sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__ = _child_streams()
         sys.argv = ["main.py"]
     except BaseException:
         os._exit(120)
@@ -156,7 +183,11 @@ def _paths_through_fds():
 
 
 def _report(msg):
-    data = (json.dumps(msg) + "\n").encode()
+    _report_line(json.dumps(msg))
+
+
+def _report_line(line):
+    data = (line + "\n").encode()
     while data:
         data = data[os.write(3, data):]
 
@@ -206,7 +237,6 @@ def _child_stdio(code):
     try:
         if "threading" in sys.modules:
             sys.modules["threading"]._shutdown()
-        import atexit
         atexit._run_exitfuncs()
     except BaseException:
         pass
@@ -231,14 +261,14 @@ def _child_function(code, entry_point, cases, start):
                 if fn is None:
                     raise NameError(f"name {entry_point!r} is not defined")
                 value = fn(*_codec["loads"](case["args"]))
-                msg = {"i": i, "value": json.dumps(_codec["encode"](value), allow_nan=False)}
+                line = json.dumps({"i": i, "value": _codec["encode"](value)}, allow_nan=False)
             else:
                 exec(compile(case["code"], "<test>", "exec"), g)
-                msg = {"i": i, "ok": True}
+                line = json.dumps({"i": i, "ok": True})
         except BaseException as e:
-            msg = _exception_report(e, i)
+            line = json.dumps(_exception_report(e, i))
         _flush()
-        _report(msg)
+        _report_line(line)
     os._exit(0)
 
 
@@ -254,11 +284,11 @@ class _Run:
             os.write(stdin_fd, stdin_bytes)
         os.lseek(stdin_fd, 0, 0)
         pipes = [os.pipe() for _ in range(3)]
-        cpu_s = int(limits["time_s"] * max(1, n_cases)) + 1
+        rlimits = _rlimits(limits, int(limits["time_s"] * max(1, n_cases)) + 1)
         self.t0 = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            _enter_child(limits, self.workdir, stdin_fd, pipes[0][1], pipes[1][1], pipes[2][1], cpu_s)
+            _enter_child(rlimits, self.workdir, stdin_fd, pipes[0][1], pipes[1][1], pipes[2][1])
             target()
         self.pid = pid
         os.close(stdin_fd)
@@ -289,7 +319,7 @@ class _Run:
                 self.res = bytearray(rest)
                 try:
                     self.messages.append(json.loads(line))
-                except ValueError:
+                except (ValueError, RecursionError):
                     self.messages.append({"garbled": True})
         return b
 
@@ -318,6 +348,7 @@ class _Run:
             while on_message and seen < len(self.messages):
                 on_message(self, self.messages[seen])
                 seen += 1
+            _flush_sends()
             if outcome is None and exited:
                 for fd in list(open_fds):
                     while self._read(fd):
@@ -325,6 +356,7 @@ class _Run:
                 while on_message and seen < len(self.messages):
                     on_message(self, self.messages[seen])
                     seen += 1
+                _flush_sends()
                 _, self.status, self.rusage = os.wait4(self.pid, 0)
                 outcome = "exited"
             elif outcome is None and time.monotonic() >= self.deadline:
@@ -503,7 +535,7 @@ def _function_job(job, code):
                 state["garbled"] = True
                 return
             now = time.monotonic()
-            _send(dict(m, type="case", outcome="reported", time_s=now - state.get("t", run.t0)))
+            _send(dict(m, type="case", outcome="reported", time_s=now - state.get("t", run.t0)), flush=False)
             state["next"] += 1
             state["t"] = now
             run.deadline = now + limits["time_s"]
@@ -540,6 +572,7 @@ def _serve():
             _send({"type": "program", "syntax_error": text})
             _send({"type": "done"})
             continue
+        gc.freeze()
         if job["kind"] == "stdio":
             _stdio_job(job, code)
         else:
@@ -556,6 +589,9 @@ def main():
         if os.getppid() != CONFIG.get("parent", os.getppid()):
             return
     sys.path.extend(CONFIG.get("extra_path", []))
+    workdir = os.path.join(CONFIG["work"], "cwd")
+    os.environ.clear()
+    os.environ.update(CHILD_ENV, HOME=workdir, TMPDIR=workdir)
     try:
         _serve()
     finally:

@@ -5,6 +5,7 @@ happens here, in the host, so a program cannot forge a pass.
 """
 from __future__ import annotations
 
+import json
 import signal
 
 from rlef_jax.execution import codec
@@ -72,10 +73,11 @@ def judge_case(job: Job, case, msg: dict) -> CaseResult:
         return CaseResult(Verdict.PASSED, time_s=t)
     assert isinstance(case, CallCase)
     if case.expected_json is None:
-        return CaseResult(Verdict.PASSED, actual=msg["value"], time_s=t)
-    actual = codec.loads(msg["value"])
+        return CaseResult(Verdict.PASSED, actual=json.dumps(msg["value"], allow_nan=False), time_s=t)
+    actual = codec.decode(msg["value"])
     expected = codec.loads(case.expected_json)
-    ok, message = check_value(actual, expected, case.atol, case.oracle, codec.loads(case.args_json))
+    args = codec.loads(case.args_json) if case.oracle == "poly_root" else ()
+    ok, message = check_value(actual, expected, case.atol, case.oracle, args)
     if ok:
         return CaseResult(Verdict.PASSED, expected=codec.safe_repr(expected), actual=codec.safe_repr(actual), time_s=t)
     return CaseResult(Verdict.WRONG_ANSWER, expected=codec.safe_repr(expected), actual=codec.safe_repr(actual), error=message, time_s=t)

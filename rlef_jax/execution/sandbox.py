@@ -17,6 +17,7 @@ Isolation modes (paper §1.4 runs code with code_contests' sandbox; this is our 
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import os
@@ -145,6 +146,7 @@ class SandboxProcess:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=None if debug else subprocess.DEVNULL, env={}, cwd=cwd,
                                      start_new_session=True, close_fds=True, bufsize=0)
+        self._out = io.BufferedReader(self.proc.stdout, 1 << 16)
         self.jobs_run = 0
 
     def run(self, job_msg: dict):
@@ -170,7 +172,7 @@ class SandboxProcess:
     def _read(self, n: int) -> bytes:
         chunks, got = [], 0
         while got < n:
-            b = self.proc.stdout.read(n - got)
+            b = self._out.read(n - got)
             if not b:
                 raise SandboxDied(f"sandbox runner exited (status {self.proc.poll()})")
             chunks.append(b)
