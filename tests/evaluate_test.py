@@ -1,0 +1,130 @@
+"""Evaluation statistics (paper §5.1) and the `python -m rlef_jax.evaluate` command."""
+
+import json
+import math
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlef_jax import checkpoint as checkpoint_lib
+from rlef_jax import config as config_lib
+from rlef_jax import evaluate
+from rlef_jax import model as model_lib
+from rlef_jax import ppo
+from train_test import OVERRIDES, ROOT, tiny_config
+
+
+def _percentile(sorted_values, q):
+  """Linear interpolation between order statistics (the usual definition), written out."""
+  pos = q / 100 * (len(sorted_values) - 1)
+  lo = math.floor(pos)
+  hi = min(lo + 1, len(sorted_values) - 1)
+  return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_bootstrap_interval_matches_an_independent_computation(seed):
+  successes = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+  rng = np.random.default_rng(seed)
+  means = []
+  for _ in range(200):
+    picks = rng.integers(0, len(successes), size=len(successes))
+    means.append(sum(successes[i] for i in picks) / len(successes))
+  means.sort()
+  lo, hi = evaluate.bootstrap_interval(successes, seed=seed, resamples=200)
+  assert lo == pytest.approx(_percentile(means, 2.5), abs=1e-12)
+  assert hi == pytest.approx(_percentile(means, 97.5), abs=1e-12)
+
+
+def test_bootstrap_interval_properties():
+  rng = np.random.default_rng(0)
+  x = (rng.random(2000) < 0.3).astype(float)
+  lo, hi = evaluate.bootstrap_interval(x)
+  p, half = x.mean(), 1.96 * math.sqrt(x.mean() * (1 - x.mean()) / x.size)
+  assert lo < p < hi
+  assert lo == pytest.approx(p - half, abs=0.006) and hi == pytest.approx(p + half, abs=0.006)
+  assert evaluate.bootstrap_interval([1.0] * 5) == (1.0, 1.0)
+  assert all(math.isnan(v) for v in evaluate.bootstrap_interval([]))
+
+
+def _outcome(problem, public, solved):
+  return {"problem": problem, "public_passed": [public], "solved": solved}
+
+
+def test_single_turn_one_at_three_submits_first_public_pass_else_last():
+  outcomes = [
+      # first passes public and is correct -> 1 (later samples do not matter)
+      _outcome("a", True, True), _outcome("a", False, False), _outcome("a", True, False),
+      # second is the first to pass public but fails private; the correct third is not submitted -> 0
+      _outcome("b", False, False), _outcome("b", True, False), _outcome("b", True, True),
+      # none passes public: the last is submitted -> its result (1)
+      _outcome("c", False, False), _outcome("c", False, False), _outcome("c", False, True),
+      # none passes public and the last is wrong -> 0
+      _outcome("d", False, True), _outcome("d", False, False), _outcome("d", False, False),
+  ]
+  assert evaluate.single_turn_one_at_three(outcomes) == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_format_summary_reads_every_metric():
+  s = {"mean": 0.25, "ci95": [0.1, 0.4], "episodes": 8}
+  text = evaluate.format_summary({"multi_turn_1at3": s, "single_turn_pass1": s, "single_turn_1at3": s})
+  assert text.count("0.250 [0.100, 0.400] (n=8)") == 3
+
+
+@pytest.fixture(scope="module")
+def workdir_with_checkpoint(tmp_path_factory):
+  """A workdir whose latest train checkpoint (step 3) holds a random tiny policy."""
+  data_dir = tmp_path_factory.getbasetemp() / "tfds"
+  workdir = tmp_path_factory.mktemp("evaluate")
+  config = tiny_config(data_dir)
+  llama_config = config_lib.llama_config(config.model)
+  rng = jax.random.key(1)
+  params = nn.unbox(model_lib.Llama(llama_config).init(rng, jnp.zeros((1, 4), jnp.int32))["params"])
+  policy_opt, value_opt = ppo.make_optimizers(config.optim, total_steps=config.train.num_updates)
+  state = ppo.init_train_state(params, model_lib.value_params_from_policy(params, rng, llama_config),
+                               policy_opt, value_opt, rng)
+  with checkpoint_lib.Checkpointer(workdir / "checkpoints") as ckpt:
+    ckpt.save(3, state, {"data_iterator": {}})
+    ckpt.wait()
+  return workdir, data_dir
+
+
+def test_evaluate_command_writes_the_summary(workdir_with_checkpoint):
+  workdir, data_dir = workdir_with_checkpoint
+  flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "data.data_dir": data_dir}.items()]
+  cmd = [sys.executable, "-m", "rlef_jax.evaluate", "--config=configs/tiny.py",
+         f"--workdir={workdir}", "--split=test", *flags]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "[eval evaluate_step_3_test] MT 1@3" in proc.stdout
+  summary = json.loads((workdir / "eval" / "evaluate_step_3_test.json").read_text())
+  problems = OVERRIDES["eval.max_problems"]
+  assert summary["problems"] == problems
+  assert summary["multi_turn_1at3"]["episodes"] == problems
+  assert summary["single_turn_pass1"]["episodes"] == 3 * problems
+  assert summary["single_turn_1at3"]["episodes"] == problems
+  for key in ("multi_turn_1at3", "single_turn_pass1", "single_turn_1at3"):
+    lo, hi = summary[key]["ci95"]
+    assert 0 <= lo <= summary[key]["mean"] <= hi <= 1
+  episodes = [json.loads(l) for l in (workdir / "eval" / "evaluate_step_3_test.episodes.jsonl")
+              .read_text().splitlines()]
+  assert [e["mode"] for e in episodes] == ["multi_turn"] * problems + ["single_turn"] * 3 * problems
+  assert all(e["turns"] == 1 for e in episodes if e["mode"] == "single_turn")
+  mt = [e for e in episodes if e["mode"] == "multi_turn"]
+  assert summary["multi_turn_1at3"]["mean"] == pytest.approx(np.mean([e["solved"] for e in mt]))
+
+
+def test_evaluate_command_without_checkpoint_is_a_clear_error(tmp_path_factory):
+  data_dir = tmp_path_factory.getbasetemp() / "tfds"
+  empty = tmp_path_factory.mktemp("empty")
+  flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "data.data_dir": data_dir}.items()]
+  proc = subprocess.run([sys.executable, "-m", "rlef_jax.evaluate", "--config=configs/tiny.py",
+                         f"--workdir={empty}", *flags], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode != 0
+  assert "no train checkpoint" in proc.stderr and "--checkpoint" in proc.stderr

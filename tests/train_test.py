@@ -1,0 +1,174 @@
+"""The trainer end to end on a tiny model: bitwise resume (at a data-epoch boundary), SIGTERM, and the
+logged metrics (peers.md "Resume"; issue #5)."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from rlef_jax import metrics as metrics_lib
+from rlef_jax import train as train_lib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# A tiny model and a small round; `train[:8]` makes every round of 8 rollouts exactly one data epoch.
+OVERRIDES = {
+    "model.hidden_size": 32, "model.intermediate_size": 64, "model.num_layers": 1,
+    "model.num_heads": 2, "model.num_kv_heads": 1, "model.head_dim": 16,
+    "data.train_split": "train[:8]",
+    "sampling.max_new_tokens": 24,
+    "rl.rollouts_per_round": 8, "rl.minibatch_size": 8, "rl.updates_per_round": 1,
+    "train.num_updates": 2, "train.eval_every": 100, "train.checkpoint_every": 100,
+    "train.log_every": 1,
+    "eval.max_problems": 2, "eval.num_rollouts_per_problem": 1,
+    "warmstart.steps": 2, "warmstart.batch_size": 4, "warmstart.num_dialogues": 8,
+    "execution.workers": 2,
+}
+
+# Keys that measure wall-clock time, not what was computed.
+_TIMING = ("time/", "throughput/", "round/seconds", "rollout/seconds", "rollout/sample_seconds",
+           "rollout/execution_wait_fraction", "rollout/generated_tokens_per_second")
+
+
+def tiny_config(data_dir, **extra):
+  spec = importlib.util.spec_from_file_location("tiny_config", ROOT / "configs" / "tiny.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in {**OVERRIDES, "data.data_dir": str(data_dir), **extra}.items():
+    group, field = key.split(".")
+    config[group][field] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """The synthetic TFDS dataset, prepared once (about 5 s)."""
+  return tmp_path_factory.getbasetemp() / "tfds"
+
+
+def _checkpoint_state(workdir):
+  """The raw arrays of the latest train checkpoint, as a flat {path: numpy array} dict."""
+  root = pathlib.Path(workdir) / "checkpoints"
+  step = max(int(p.name) for p in root.iterdir() if p.name.isdigit())
+  tree = ocp.PyTreeCheckpointer().restore(root / str(step) / "state")
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  as_numpy = lambda v: np.asarray(jax.random.key_data(v) if jax.dtypes.issubdtype(
+      v.dtype, jax.dtypes.prng_key) else v)
+  return step, {jax.tree_util.keystr(k): as_numpy(v) for k, v in flat}
+
+
+def _without_timing(lines):
+  return [{k: v for k, v in line.items() if not k.startswith(_TIMING)} for line in lines]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  results = train_lib.train(tiny_config(data_dir), str(workdir))
+  return workdir, results
+
+
+@pytest.mark.slow  # about 70 s on top of the shared run (two more train() calls)
+def test_stop_and_resume_is_bitwise_identical(tmp_path, data_dir, uninterrupted):
+  """Stop after round 1 (= the end of data epoch 1), resume, and compare with one straight run:
+  params, optimizer states, step, RNG and every logged value must be equal bit for bit."""
+  straight, straight_results = uninterrupted
+  config = tiny_config(data_dir)
+  stopped = train_lib.train(config, str(tmp_path), stop_after_updates=1)
+  assert "after" not in stopped
+  assert _checkpoint_state(tmp_path)[0] == 1
+  assert len(metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")) == 1
+  resumed = train_lib.train(config, str(tmp_path))
+
+  step_a, state_a = _checkpoint_state(tmp_path)
+  step_b, state_b = _checkpoint_state(straight)
+  assert step_a == step_b == 2
+  assert state_a.keys() == state_b.keys()
+  assert any("policy_params" in k for k in state_a) and any("opt_state" in k for k in state_a)
+  for key in state_a:
+    np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
+
+  lines_a = metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
+  lines_b = metrics_lib.read_jsonl(straight / "metrics.jsonl")
+  assert [l["step"] for l in lines_a] == [1, 2]
+  assert _without_timing(lines_a) == _without_timing(lines_b)
+
+  # The final evaluation sees the same params and RNG, so it is the same too; the resumed run
+  # reports the "before" evaluation of its first part.
+  drop = lambda s: {k: v for k, v in s.items() if k != "rollout_seconds"}
+  assert drop(resumed["after"]) == drop(straight_results["after"])
+  assert drop(resumed["before"]) == drop(straight_results["before"])
+
+
+def test_metrics_hold_what_the_issue_asks_for(uninterrupted):
+  workdir, results = uninterrupted
+  lines = metrics_lib.read_jsonl(workdir / "metrics.jsonl")
+  required = {
+      "reward/task_mean", "solve/public", "solve/private", "episode/turns", "kl/turn_mean",
+      "pg_clip_frac", "pg_entropy", "value_loss", "explained_variance", "episode/response_tokens",
+      "time/rollout", "time/score", "time/update", "throughput/policy_tokens_per_second",
+      "rollout/generated_tokens_per_second", "logp/sampler_vs_trainer_abs_diff"}
+  for line in lines:
+    assert required <= set(line), sorted(required - set(line))
+    assert all(np.isfinite(v) for v in line.values())
+    # Rollouts are sampled by the policy being trained, at temperature 1: the trainer's full
+    # forward gives the sampler's log-probs up to float32 noise.
+    assert line["logp/sampler_vs_trainer_abs_diff"] < 1e-4
+    assert 1 <= line["episode/turns"] <= 3
+    assert 0 < line["episode/response_tokens"] <= OVERRIDES["sampling.max_new_tokens"]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  for name in ("step_0", "step_2_final"):
+    summary = json.loads((workdir / "eval" / f"{name}.json").read_text())
+    assert summary["multi_turn_1at3"]["episodes"] == 2
+    assert summary["single_turn_pass1"]["episodes"] == 6
+  assert results["after"]["name"] == "step_2_final"
+  assert (workdir / "reference_params" / "params").is_dir()
+
+
+@pytest.mark.slow  # about 90 s on 2 busy cores: a fresh process compiles everything again
+def test_sigterm_writes_a_final_checkpoint_and_exits_zero(tmp_path, data_dir):
+  # Make sure the dataset exists before the child starts (the in-process runs may not have run).
+  train_lib.data_source(tiny_config(data_dir), "train")
+  flags = [f"--config.{k}={v}" for k, v in
+           {**OVERRIDES, "data.data_dir": data_dir, "train.num_updates": 400,
+            "warmstart.steps": 1}.items()]
+  cmd = [sys.executable, "-m", "rlef_jax.train", "--config=configs/tiny.py",
+         f"--workdir={tmp_path}", *flags]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  output = []
+  try:
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:
+      output.append(line)
+      if line.startswith("step 1/400"):
+        proc.send_signal(signal.SIGTERM)
+        break
+      assert time.monotonic() < deadline, "".join(output)
+    rest, _ = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  output.append(rest)
+  text = "".join(output)
+  assert proc.returncode == 0, text
+  assert "rerun the same command to resume" in text
+  step, state = _checkpoint_state(tmp_path)
+  assert 1 <= step < 400
+  assert any("policy_params" in k for k in state)
+  lines = metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
+  assert lines[-1]["step"] == step
+
+
+def test_sliced_split_must_name_a_real_split(data_dir):
+  with pytest.raises(ValueError, match="no split 'trian"):
+    train_lib.data_source(tiny_config(data_dir), "trian[:8]")

@@ -1,0 +1,106 @@
+"""The supervised warm start of the tiny model: which tokens are targets, the loss value, and that a
+few steps lower it."""
+
+import itertools
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rlef_jax import env as env_lib
+from rlef_jax import model as model_lib
+from rlef_jax import synthetic
+from rlef_jax import warmstart
+from rlef_jax.tokenizer import ChatTokenizer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return ChatTokenizer.load(ROOT / "rlef_jax/assets/synthetic_tokenizer")
+
+
+@pytest.fixture(scope="module")
+def records():
+  return synthetic.generate_problems(4, seed=11)
+
+
+@pytest.fixture(scope="module")
+def pairs(records):
+  return [(env_lib.Problem.from_record("synthetic", r), r) for r in records]
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+  return model_lib.Llama(model_lib.LlamaConfig(
+      vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_layers=1,
+      num_heads=2, num_kv_heads=1, head_dim=16, rope_theta=10000.0, max_position_embeddings=512))
+
+
+@pytest.fixture(scope="module")
+def params(model):
+  return nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+
+
+def test_loss_mask_covers_exactly_the_response(tokenizer, pairs):
+  env_config = env_lib.default_env_config()
+  examples = [warmstart.sft_example(p, r["solutions"][0], tokenizer, env_config) for p, r in pairs]
+  batch = warmstart.make_batch(examples, tokenizer.pad_id, 256)
+  for b, ((problem, record), (ids, start)) in enumerate(zip(pairs, examples)):
+    prompt = env_lib.start(problem, tokenizer, env_config).tokens
+    response = tokenizer.encode(f"```python\n{record['solutions'][0].strip()}\n```") + [tokenizer.eot_id]
+    assert ids == list(prompt) + response and start == len(prompt)
+    mask = batch["loss_mask_BxL"][b]
+    np.testing.assert_array_equal(np.flatnonzero(mask), np.arange(len(prompt), len(ids)))
+    np.testing.assert_array_equal(batch["tokens_BxL"][b, :len(ids)], ids)
+    assert np.all(batch["tokens_BxL"][b, len(ids):] == tokenizer.pad_id)
+  with pytest.raises(ValueError, match="max_context_length"):
+    warmstart.make_batch(examples, tokenizer.pad_id, 16)
+
+
+@pytest.mark.skipif(not hasattr(warmstart, "feedback_blind_dialogues"), reason="single-turn only")
+def test_multi_turn_dialogues_train_only_the_final_response(tokenizer, records, pairs):
+  from rlef_jax.execution import ExecutionPool
+  env_config = env_lib.default_env_config()
+  env_config.default_time_s = 2.0
+  with ExecutionPool(workers=2) as pool:
+    examples = warmstart.feedback_blind_dialogues(pairs, tokenizer, env_config, pool, max_turns=3,
+                                                  seed=0)
+  header = tokenizer.assistant_header()
+  for (problem, _), (ids, start) in zip(pairs, examples):
+    prompt = list(env_lib.start(problem, tokenizer, env_config).tokens)
+    assert ids[:len(prompt)] == prompt
+    assert ids[start - len(header):start] == header  # the target starts a fresh assistant turn
+    target = tokenizer.decode(ids[start:])
+    assert target.startswith("```python\n") and ids[-1] == tokenizer.eot_id
+    assert tokenizer.eot_id not in ids[start:-1]  # exactly one response is a target
+
+
+def test_sft_loss_is_the_mean_response_cross_entropy(tokenizer, pairs, model, params):
+  env_config = env_lib.default_env_config()
+  examples = [warmstart.sft_example(p, r["solutions"][-1], tokenizer, env_config) for p, r in pairs]
+  batch = warmstart.make_batch(examples, tokenizer.pad_id, 256)
+  step = warmstart.make_sft_step(model, optax.sgd(0.0))
+  _, _, loss = step(params, optax.sgd(0.0).init(params), batch)
+  logits = np.asarray(model.apply({"params": params}, jnp.asarray(batch["tokens_BxL"]))[0], np.float64)
+  nll = []
+  for b, (ids, start) in enumerate(examples):
+    for i in range(start, len(ids)):
+      z = logits[b, i - 1]
+      nll.append(np.log(np.sum(np.exp(z - z.max()))) + z.max() - z[ids[i]])
+  assert float(loss) == pytest.approx(np.mean(nll), rel=1e-5)
+
+
+def test_a_few_steps_lower_the_loss(tokenizer, pairs, model, params):
+  logged = {}
+  out = warmstart.run(params, model, itertools.cycle(pairs), tokenizer,
+                      env_config=env_lib.default_env_config(), steps=21, lr=1e-2, batch_size=4,
+                      context_length=512, seed=0, log=lambda s, m: logged.update({s: m["warmstart/loss"]}))
+  assert sorted(logged) == [0, 20]
+  assert logged[20] < 0.8 * logged[0]
+  assert jax.tree.structure(out) == jax.tree.structure(params)
