@@ -36,7 +36,7 @@ class RolloutSettings:
   temperature: float           # 1.0 in training (paper App. A.1), 0.2 for 1@3 evaluation (paper §5.1)
   top_p: float                 # 1.0 in training, 0.95 in evaluation
   num_groups: int = 2          # groups visited round-robin so execution overlaps generation
-  length_bucket: int = 32      # prefill chunks are padded to a multiple of this (fewer compilations)
+  length_bucket: int = 64      # prefill chunks are padded to a multiple of this (fewer compilations)
 
 
 @dataclasses.dataclass
@@ -66,6 +66,7 @@ class RolloutStats:
 class _Group:
   rows: list[int]                  # indices into the episode list
   states: list[Any]
+  size: int                        # cache rows: len(rows) padded to a multiple of the data-parallel size
   cache: model_lib.KVCache
   futures: dict[int, Any]          # row position -> (public future, random-feedback future or None)
   logps: list[list[np.ndarray]]
@@ -105,6 +106,13 @@ class RolloutEngine:
     self.mesh = mesh
     self.stop_ids = tuple(sorted(tokenizer.stop_ids))
 
+  def _init_cache(self, batch_size: int) -> model_lib.KVCache:
+    if self.mesh is None:
+      return model_lib.init_cache(self.llama_config, batch_size, self.settings.max_context_length)
+    from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
+    return sharding.init_cache(self.llama_config, batch_size, self.settings.max_context_length,
+                               self.mesh)
+
   # -- one group's turn -------------------------------------------------------------------------
   def _sample_turn(self, group: _Group, params: Any, rng: jax.Array, stats: RolloutStats) -> None:
     s = self.settings
@@ -127,8 +135,10 @@ class RolloutEngine:
       return
     width = _bucket(max(len(c) for c in chunks), s.length_bucket)
     width = min(width, s.max_context_length)
-    new_BxL = np.full((len(chunks), width), self.tokenizer.pad_id, np.int32)
-    num_new_B = np.zeros(len(chunks), np.int32)
+    new_BxL = np.full((group.size, width), self.tokenizer.pad_id, np.int32)
+    num_new_B = np.zeros(group.size, np.int32)
+    active_B = np.zeros(group.size, bool)
+    active_B[:len(active)] = active
     for i, c in enumerate(chunks):
       new_BxL[i, :len(c)] = c
       num_new_B[i] = len(c)
@@ -136,7 +146,7 @@ class RolloutEngine:
     out = sampler_lib.generate(
         params, group.cache, new_BxL, num_new_B, rng, model=self.model,
         max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-        stop_ids=self.stop_ids, pad_id=self.tokenizer.pad_id, active_B=np.asarray(active),
+        stop_ids=self.stop_ids, pad_id=self.tokenizer.pad_id, active_B=active_B,
         mesh=self.mesh)
     tokens_BxT = np.asarray(out.tokens_BxT)
     logp_BxT = np.asarray(out.logprobs_BxT)
@@ -156,7 +166,8 @@ class RolloutEngine:
       random_fb = None
       if state.config.feedback == "random" and len(state.turns) < state.config.max_turns:
         # Paper App. C.2: another problem's incorrect program on that problem's public tests.
-        rf = env_lib.random_feedback_job(state.problem, self._problems, self._np_rng)
+        rf = env_lib.random_feedback_job(state.problem, self._problems, self._np_rng,
+                                         env_config=state.config)
         random_fb = (rf, [self.pool.submit(j) for j in rf.jobs])
       group.futures[i] = (public, random_fb)
 
@@ -189,14 +200,18 @@ class RolloutEngine:
                                          if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
                                          else np.asarray(rng).ravel().tolist())
     s = self.settings
-    num_groups = max(1, min(s.num_groups, len(problems)))
+    # A sharded KV cache needs a row count divisible by the data-parallel size: groups are padded
+    # with idle rows, and no more groups are made than fill one such multiple each.
+    multiple = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    num_groups = max(1, min(s.num_groups, -(-len(problems) // multiple)))
     bounds = np.linspace(0, len(problems), num_groups + 1).astype(int)
     groups = []
     for g in range(num_groups):
       rows = list(range(bounds[g], bounds[g + 1]))
       states = [env_lib.start(problems[r], self.tokenizer, self.env_config) for r in rows]
-      cache = model_lib.init_cache(self.llama_config, len(rows), s.max_context_length)
-      groups.append(_Group(rows, states, cache, {}, [[] for _ in rows], [False] * len(rows)))
+      size = -(-len(rows) // multiple) * multiple
+      groups.append(_Group(rows, states, size, self._init_cache(size), {}, [[] for _ in rows],
+                           [False] * len(rows)))
 
     step = 0
     while not all(all(st.done for st in g.states) and not g.futures for g in groups):
@@ -225,7 +240,7 @@ class RolloutEngine:
 
 
 def to_batch(records: Sequence[EpisodeRecord], *, max_turns: int, pad_id: int,
-             length_bucket: int = 32) -> dict[str, np.ndarray]:
+             length_bucket: int = 128) -> dict[str, np.ndarray]:
   """Right-padded training arrays of whole episodes (one row per episode = one PPO "sequence", our
   reading of the paper's "4 updates on 256 sequences each", config.rl.sequence_unit).
 

@@ -101,7 +101,10 @@ def _resolve_path(path: str) -> str:
 
 
 def data_source(config: Any, split: str):
-  """The TFDS array_record data source of `config.data.name`/`split`, prepared on first use."""
+  """The TFDS array_record data source of `config.data.name`/`split`, prepared on first use.
+
+  `split` may use TFDS slicing ("train[:64]", "train[10%:]") to train or evaluate on part of a split.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import rlef_jax.data.builders  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
@@ -111,7 +114,7 @@ def data_source(config: Any, split: str):
   if config.data.source_dir:
     download_config = tfds.download.DownloadConfig(manual_dir=config.data.source_dir)
   builder.download_and_prepare(download_config=download_config)
-  if split not in builder.info.splits:
+  if split.split("[", 1)[0] not in builder.info.splits:
     raise ValueError(f"dataset {config.data.name!r} has no split {split!r}; it has "
                      f"{sorted(builder.info.splits)} (config.data.train_split / eval_split)")
   return builder.as_data_source(split=split)
@@ -195,12 +198,15 @@ def reference_params(run: Run, rng: jax.Array) -> Any:
   c = run.config
   if c.warmstart.enabled:
     problems = _problem_stream(run, seed=c.data.seed + 1)
-    print(f"[warmstart] {c.warmstart.steps} supervised steps (statement -> solution, single turn)",
-          flush=True)
+    form = ("statement -> solution, single turn" if c.warmstart.dialogue_turns == 1 else
+            f"feedback-blind dialogues of up to {c.warmstart.dialogue_turns} turns")
+    print(f"[warmstart] {c.warmstart.steps} supervised steps ({form})", flush=True)
     params = warmstart_lib.run(
         params, run.policy_model, problems, run.tokenizer, env_config=c.env, steps=c.warmstart.steps,
         lr=c.warmstart.lr, batch_size=c.warmstart.batch_size,
         context_length=c.sampling.max_context_length, seed=c.train.seed,
+        dialogue_turns=c.warmstart.dialogue_turns, pool=run.pool,
+        num_dialogues=c.warmstart.num_dialogues,
         log=lambda step, m: print(f"[warmstart] step {step}: " + ", ".join(
             f"{k.split('/')[-1]} {v:.4g}" for k, v in m.items()), flush=True))
   checkpoint_lib.save_params(ref_dir, params, metadata={"what": "initial policy (KL reference)"})
@@ -213,9 +219,8 @@ def _problem_stream(run: Run, seed: int):
   c = run.config
   iterator = pipeline.make_iterator(data_source(c, c.data.train_split), seed=seed, shuffle=True)
   for example in iterator:
-    solutions = example["problem"].get("solutions") or []
-    if solutions:
-      yield to_problem(example, c), solutions
+    if example["problem"].get("solutions"):
+      yield to_problem(example, c), example["problem"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +254,11 @@ def make_round_batch(run: Run, state: ppo.TrainState, ref_params: Any,
       "solve/public": float(np.mean([any(env_lib.public_passed(ep.problem, t.public_result)
                                              for t in ep.turns) for ep in episodes])),
       "episode/turns": float(np.mean([len(ep.turns) for ep in episodes])),
+      # Repair rate: how often turn t passes the public tests when it is reached (t > 1 follows a
+      # failure and its feedback, so this is the direct measure of using the feedback).
+      **{f"solve/public_at_turn{t + 1}": float(np.mean(
+          [env_lib.public_passed(ep.problem, ep.turns[t].public_result)
+           for ep in episodes if len(ep.turns) > t] or [np.nan])) for t in range(c.env.max_turns)},
       "episode/valid_code": float(np.mean([t.valid for ep in episodes for t in ep.turns])),
       "episode/truncated": float(np.mean([r.truncated for r in records])),
       "episode/response_tokens": float(np.sum(mask) / max(np.sum(turn_mask), 1)),
@@ -299,6 +309,11 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
     # The update donates the state, so the policy must not share buffers with the frozen reference.
     policy_params = jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
     state = ppo.init_train_state(policy_params, value_params, policy_opt, value_opt, train_rng)
+    # Step, RNG and optimizer counts would otherwise be restored committed to one device, which
+    # jitted calls under the mesh reject: every leaf lives on the mesh, fresh or resumed alike.
+    state = jax.tree.map(
+        lambda x: x if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
+        else jax.device_put(x, sharding.replicated(run.mesh)), state)
 
     iterator = pipeline.make_iterator(
         data_source(c, c.data.train_split), seed=c.data.seed, shuffle=c.data.shuffle,
@@ -344,10 +359,15 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
       with timers("score"):
         batch, round_metrics = make_round_batch(run, state, ref_params, records, fns)
       with timers("update"):
-        order = np.asarray(jax.random.permutation(jax.random.fold_in(round_rng, 1), len(records)))
+        # Minibatches walk through a fresh permutation of the round's episodes per pass (the paper's
+        # 4 x 256 = 1024 is one pass; more updates than that make further passes).
+        per_pass = len(records) // c.rl.minibatch_size
         update_metrics = []
         for k in range(per_round):
-          rows = order[k * c.rl.minibatch_size:(k + 1) * c.rl.minibatch_size]
+          if k % per_pass == 0:
+            order = np.asarray(jax.random.permutation(
+                jax.random.fold_in(jax.random.fold_in(round_rng, 1), k // per_pass), len(records)))
+          rows = order[(k % per_pass) * c.rl.minibatch_size:(k % per_pass + 1) * c.rl.minibatch_size]
           minibatch = {key: jnp.asarray(batch[key][rows]) for key in ppo.MINIBATCH_KEYS}
           state, m = update(state, minibatch)
           update_metrics.append(m)
