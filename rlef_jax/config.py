@@ -167,6 +167,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmstart.steps = 0  # warm-start optimizer steps
   c.warmstart.lr = 3e-4  # warm-start AdamW learning rate
   c.warmstart.batch_size = 32  # warm-start sequences per step
+  c.warmstart.dialogue_turns = 1  # 1: statement -> solution; n > 1 (synthetic only): feedback-blind dialogues of up to n turns (rlef_jax/warmstart.py)
+  c.warmstart.num_dialogues = 2048  # feedback-blind dialogues built once when dialogue_turns > 1
   return c
 
 
@@ -239,6 +241,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.num_rollouts_per_problem": _ge(1), "eval.max_turns": _ge(1), "eval.split": _NONEMPTY,
     "eval.max_problems": _ge(0),
     "warmstart.steps": _ge(0), "warmstart.lr": _gt(0), "warmstart.batch_size": _ge(1),
+    "warmstart.dialogue_turns": _ge(1), "warmstart.num_dialogues": _ge(1),
 }
 
 
@@ -355,6 +358,10 @@ def validate(config, num_devices: int | None = None) -> None:
                      f"of config.rl.minibatch_size ({rl.minibatch_size})")
   if config.warmstart.enabled and config.warmstart.steps < 1:
     raise ValueError("config.warmstart.steps must be >= 1 when config.warmstart.enabled is True")
+  if config.warmstart.dialogue_turns > 1 and config.data.name != "synthetic":
+    raise ValueError("config.warmstart.dialogue_turns > 1 builds feedback-blind dialogues of the "
+                     "synthetic family only; use 1 with config.data.name="
+                     f"{config.data.name!r}")
 
   mesh = config.mesh
   if [mesh.data, mesh.fsdp, mesh.tensor].count(-1) > 1:

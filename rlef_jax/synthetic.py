@@ -142,6 +142,26 @@ def generate_problems(num_problems: int, seed: int) -> list[dict]:
     return [generate_problem(seed, i) for i in range(num_problems)]
 
 
+def statement_programs(statement: str) -> list[str]:
+    """Every program the statement alone allows: its operation with each separator, in `SEPARATORS`
+    order (the feedback-blind choice set of the warm start and of property (a))."""
+    operation = parse_operation(statement)
+    return [solution_program(operation, s) for s in SEPARATORS]
+
+
+def separator_of(record: dict) -> str:
+    """The secret separator of a synthetic record (from its reference solution)."""
+    return separator_in_program(record["solutions"][0])
+
+
+def separator_in_program(program: str) -> str:
+    """The separator a `solution_program` joins with."""
+    match = re.match(r"print\('(.)'\.join\(", program)
+    if match is None:
+        raise ValueError(f"Not a synthetic solution program: {program!r}.")
+    return match.group(1)
+
+
 def parse_operation(statement: str) -> str:
     """The operation a synthetic statement names (the solver reads it, as a model must)."""
     matches = [op for op in OPERATIONS if description(op) in statement]

@@ -3,8 +3,19 @@
 The paper starts RL from Llama 3.x Instruct, which already answers in fenced Python code (paper §3,
 "no SFT warm-start"). A tiny random model cannot, so `configs/tiny.py` first fine-tunes it on single-turn
 dialogues: the initial user prompt (the real CodeContests template) followed by one of the problem's
-reference `solutions` as the assistant response. No feedback turn is ever shown: whatever the model
-learns about using feedback comes from RLEF.
+reference `solutions` as the assistant response. Whatever the model learns about *using* feedback must
+come from RLEF, so the warm start never contains a target that depends on a feedback message.
+
+Two forms (`config.warmstart.dialogue_turns`):
+* 1: statement → solution, single turn.
+* n > 1 (synthetic family only): dialogues of 1..n turns whose earlier turns are incorrect solutions
+  followed by their real execution feedback (run on the pool), and whose last turn — the only one in
+  the loss — is a program drawn uniformly from those the *statement alone* allows
+  (`synthetic.statement_programs`), i.e. with a separator independent of the feedback. The model
+  learns the multi-turn format (keep answering in code after a feedback message) but nothing about
+  reading the feedback: its multi-turn 1@3 stays at the feedback-blind level. We use this for the
+  tiny model because after a single-turn warm start it answered a feedback message with code in only
+  ~1/3 of turns, and RL then spends its budget re-learning the format.
 
   python -m rlef_jax.warmstart --config=configs/tiny.py --workdir=DIR   (train runs it on its own too)
 """
@@ -26,6 +37,40 @@ def sft_example(problem: Any, solution: str, tokenizer: Any, env_config: Any) ->
   prompt = list(env_lib.start(problem, tokenizer, env_config).tokens)
   response = tokenizer.encode(f"```python\n{solution.strip()}\n```") + [tokenizer.eot_id]
   return prompt + response, len(prompt)
+
+
+def feedback_blind_dialogues(problems: Sequence[tuple[Any, dict]], tokenizer: Any, env_config: Any,
+                             pool: Any, *, max_turns: int, seed: int) -> list[tuple[list[int], int]]:
+  """Multi-turn warm-start examples (see the module docstring): (token ids, index of the first token
+  of the final response). `problems` holds (Problem, synthetic record) pairs."""
+  from rlef_jax import synthetic  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  states, wrong = [], []
+  for problem, record in problems:
+    separator = synthetic.separator_of(record)
+    programs = [p for p in synthetic.statement_programs(record["description"])
+                if synthetic.separator_in_program(p) != separator]
+    wrong.append(list(rng.permutation(programs)))
+    states.append((env_lib.start(problem, tokenizer, env_config), int(rng.integers(1, max_turns + 1))))
+  # Earlier turns: incorrect programs and the feedback the executor really gives on them.
+  for turn in range(max_turns - 1):
+    jobs = {}
+    for i, (state, turns) in enumerate(states):
+      if turn < turns - 1 and not state.done:
+        response = tokenizer.encode(f"```python\n{wrong[i][turn]}\n```") + [tokenizer.eot_id]
+        state, job = env_lib.on_response(state, response)
+        states[i] = (state, turns)
+        jobs[i] = pool.submit(job)
+    for i, future in jobs.items():
+      state, turns = states[i]
+      states[i] = (env_lib.on_public_result(state, future.result()), turns)
+  examples = []
+  for (state, _), (_, record) in zip(states, problems):
+    target = synthetic.statement_programs(record["description"])[rng.integers(len(synthetic.SEPARATORS))]
+    prompt = list(state.tokens)
+    examples.append((prompt + tokenizer.encode(f"```python\n{target}\n```") + [tokenizer.eot_id],
+                     len(prompt)))
+  return examples
 
 
 def make_batch(examples: Sequence[tuple[list[int], int]], pad_id: int,
@@ -64,22 +109,36 @@ def make_sft_step(model: Any, optimizer: optax.GradientTransformation) -> Callab
 
 def run(params: Any, model: Any, problems: Iterator[Any], tokenizer: Any, *, env_config: Any,
         steps: int, lr: float, batch_size: int, context_length: int, seed: int,
+        dialogue_turns: int = 1, pool: Any = None, num_dialogues: int = 2048,
         log: Callable[[int, dict[str, float]], None] | None = None) -> Any:
-  """`steps` AdamW steps (linear warm-up over the first 10%, then cosine decay) on problems drawn
-  from `problems` (each yields one example with a random reference solution). Returns the params."""
+  """`steps` AdamW steps (linear warm-up over the first 10%, then cosine decay). `problems` yields
+  (Problem, record) pairs. With `dialogue_turns == 1` each example is one problem with a random
+  reference solution; otherwise `num_dialogues` feedback-blind dialogues are built first (needs the
+  execution `pool`) and batches are drawn from them. Returns the params."""
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 10), max(steps, 2))
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
   opt_state = optimizer.init(params)
   step_fn = make_sft_step(model, optimizer)
   rng = np.random.default_rng(seed)
   start = time.perf_counter()
+  dialogues = None
+  if dialogue_turns > 1:
+    if pool is None:
+      raise ValueError("a multi-turn warm start needs the execution pool for its feedback messages")
+    dialogues = feedback_blind_dialogues([next(problems) for _ in range(num_dialogues)], tokenizer,
+                                         env_config, pool, max_turns=dialogue_turns, seed=seed)
   for step in range(steps):
-    examples = []
-    for _ in range(batch_size):
-      problem, solutions = next(problems)
-      examples.append(sft_example(problem, solutions[rng.integers(len(solutions))], tokenizer,
-                                  env_config))
-    length = min(context_length, -(-max(len(e[0]) for e in examples) // 32) * 32)
+    if dialogues is not None:
+      examples = [dialogues[i] for i in rng.integers(len(dialogues), size=batch_size)]
+    else:
+      examples = []
+      for _ in range(batch_size):
+        problem, record = next(problems)
+        solutions = record["solutions"]
+        examples.append(sft_example(problem, solutions[rng.integers(len(solutions))], tokenizer,
+                                    env_config))
+    # Coarse length buckets: each new length is a new compilation, which costs more than padding.
+    length = min(context_length, -(-max(len(e[0]) for e in examples) // 128) * 128)
     params, opt_state, loss = step_fn(params, opt_state, make_batch(examples, tokenizer.pad_id, length))
     if log is not None and (step % 20 == 0 or step == steps - 1):
       log(step, {"warmstart/loss": float(loss), "warmstart/seconds": time.perf_counter() - start})
