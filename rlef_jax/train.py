@@ -279,11 +279,14 @@ def _round_problems(run: Run, iterator, count: int) -> list[Any]:
 
 
 class _Stop:
-  """Set by SIGTERM / SIGINT: finish the round, checkpoint, exit cleanly."""
+  """Set by SIGTERM: finish the current phase and round, checkpoint, exit cleanly (SIGINT keeps
+  Python's default: an immediate KeyboardInterrupt, the last checkpoint stays valid)."""
   requested = False
 
   @classmethod
   def install(cls):
+    cls.requested = False
+
     def handler(signum, frame):
       del frame
       logging.warning("signal %d: stopping after this round with a final checkpoint", signum)
@@ -297,6 +300,7 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
   from rlef_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   os.makedirs(workdir, exist_ok=True)
+  _Stop.install()  # before the warm start and first evaluation, which can take minutes
   run = build(config, workdir)
   c = config
   try:
@@ -345,7 +349,6 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
                                        console_keys=("solve/private", "reward/task_mean", "episode/turns",
                                                      "kl/turn_mean"))
     timers = metrics_lib.Timers()
-    _Stop.install()
     step = start_step
     per_round = c.rl.updates_per_round
     local_rollouts = c.rl.rollouts_per_round // jax.process_count()
