@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from rlef_jax import env, synthetic
-from rlef_jax.execution import ExecutionPool, Verdict
-from rlef_jax.synthetic_tokenizer import DEFAULT_DIR
-from rlef_jax.tokenizer import ChatTokenizer
+from rlef_jax.execution import Verdict
 
 BACKTICKS = ("Your code should be enclosed in triple backticks like so: ```python YOUR CODE HERE ```. "
              "Use the backticks for your code only.")
@@ -19,14 +17,13 @@ RETRY = "Give it another try.\n" + BACKTICKS
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return ChatTokenizer.load(DEFAULT_DIR)
+def tok(synthetic_tok):
+    return synthetic_tok
 
 
 @pytest.fixture(scope="module")
-def pool():
-    with ExecutionPool(workers=2) as p:
-        yield p
+def pool(synthetic_pool):
+    return synthetic_pool
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,16 @@ import pytest
 
 from rlef_jax import env, prompts, synthetic, synthetic_tokenizer
 from rlef_jax.data import records as records_lib
-from rlef_jax.execution import ExecutionPool
-from rlef_jax.tokenizer import ChatTokenizer
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return ChatTokenizer.load(synthetic_tokenizer.DEFAULT_DIR)
+def tok(synthetic_tok):
+    return synthetic_tok
 
 
 @pytest.fixture(scope="module")
-def pool():
-    with ExecutionPool(workers=2) as p:
-        yield p
+def pool(synthetic_pool):
+    return synthetic_pool
 
 
 @pytest.fixture(scope="module")
