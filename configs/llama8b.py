@@ -48,6 +48,8 @@ def get_config():
   c.rl.minibatch_size = 256  # paper App. A.1
   c.rl.updates_per_round = 4  # paper App. A.1
   c.rl.behaviour_correction = True  # min(pi/pi_b, 1) correction (paper App. A.1)
+  c.rl.score_batch_size = 64  # [U] our choice, not measured: score the round 64 episodes at a time
+  # (each forward then holds 64 x L x 128k logits across the slice, not 1024 x L x 128k)
 
   c.optim.lr = 2e-7  # AdamW (paper App. A.1)
   c.optim.weight_decay = 0.1  # paper App. A.1

@@ -38,6 +38,7 @@ def get_config():
   c.rl.rollouts_per_round = 128  # larger rounds than 64 gave visibly less noisy updates on this task
   c.rl.minibatch_size = 64
   c.rl.updates_per_round = 2  # one pass over each round's rollouts, as in the paper's 4 x 256 = 1024
+  c.rl.score_batch_size = 32  # by length, 4 passes of 32: 6.0 -> 4.1 s per round (less padding)
   c.rl.kl_coef = 1.0  # not the paper's 0.05: with 0.05 the tiny policy collapsed onto one separator within
   # ~20 updates (the geometric-mean KL of one token among ~21 is tiny), which ends exploration
 
@@ -45,8 +46,8 @@ def get_config():
   c.optim.value_lr = 1e-3  # the value head starts random
   c.optim.warmup_steps = 10
 
-  c.train.num_updates = 100  # ~12 min of RL on 2 idle cores (the main job must fit in 30 min)
-  c.train.eval_every = 50  # multi-turn 1@3 only; the full evaluation runs before and after
+  c.train.num_updates = 100  # ~20 min of RL on 2 idle cores (the main job must fit in 30 min)
+  c.train.eval_every = 100  # = num_updates: the full evaluation runs before and after only
   c.train.checkpoint_every = 20
   c.train.log_every = 2
 

@@ -126,6 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
   r.rollouts_per_round = 1024  # episodes collected per round (paper App. A.1)
   r.minibatch_size = 256  # sequences per optimizer update (paper App. A.1)
   r.updates_per_round = 4  # optimizer updates per round (paper App. A.1)
+  r.score_batch_size = 0  # [U] our choice: episodes per forward pass when a round is scored (old and reference log-probs, values), sorted by length so each pass is padded to its own longest episode; 0 = the whole round in one pass
   r.advantage_norm = "batch"  # [U] our choice: "batch" (mean/std over all turns of the round) | "none"
   r.loss_aggregation = "token_mean"  # [U] our choice: policy loss averaged over all policy tokens of a minibatch ("token_mean") or per turn first ("turn_mean")
   r.sequence_unit = "episode"  # [U] our choice: a "sequence" in a minibatch is a whole "episode" | one "turn"
@@ -227,7 +228,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sampling.max_new_tokens": _ge(1), "sampling.max_context_length": _ge(2),
     "rl.kl_coef": _ge(0), "rl.clip_eps": _open(0, 1), "rl.value_clip": _gt(0),
     "rl.gamma": _half_open(0, 1), "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
-    "rl.updates_per_round": _ge(1), "rl.advantage_norm": _choice("batch", "none"),
+    "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(0), "rl.advantage_norm": _choice("batch", "none"),
     "rl.loss_aggregation": _choice("token_mean", "turn_mean"),
     "rl.sequence_unit": _choice("episode", "turn"), "rl.kl_clamp": _ge(0),
     "optim.lr": _gt(0), "optim.value_lr": _gt(0), "optim.weight_decay": _ge(0),
@@ -356,6 +357,9 @@ def validate(config, num_devices: int | None = None) -> None:
   if rl.rollouts_per_round % rl.minibatch_size:
     raise ValueError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
                      f"of config.rl.minibatch_size ({rl.minibatch_size})")
+  if rl.score_batch_size and rl.rollouts_per_round % rl.score_batch_size:
+    raise ValueError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
+                     f"of config.rl.score_batch_size ({rl.score_batch_size}), or set it to 0")
   if config.warmstart.enabled and config.warmstart.steps < 1:
     raise ValueError("config.warmstart.steps must be >= 1 when config.warmstart.enabled is True")
   if config.warmstart.dialogue_turns > 1 and config.data.name != "synthetic":
@@ -372,7 +376,7 @@ def validate(config, num_devices: int | None = None) -> None:
   if num_devices is not None:
     data, fsdp, tensor = sharding.mesh_shape(mesh, num_devices)
     _check_tensor_divides(arch, tensor)
-    for name in ("minibatch_size", "rollouts_per_round"):
+    for name in ("minibatch_size", "rollouts_per_round", "score_batch_size"):
       if rl[name] % (data * fsdp):
         raise ValueError(f"config.rl.{name} ({rl[name]}) must be a multiple of the data-parallel "
                          f"size mesh.data * mesh.fsdp = {data * fsdp} on {num_devices} devices")

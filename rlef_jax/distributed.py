@@ -217,3 +217,95 @@ def global_batch(local_tree: Any, sharding: jax.sharding.Sharding, global_batch_
                        f"{global_batch_size}, got {x.shape[0]}")
     return jax.make_array_from_process_local_data(sharding, x, global_shape)
   return jax.tree.map(one, local_tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side exchange between processes. Every function is collective when there are several
+# processes (all processes must call it, in the same order) and costs nothing in one process.
+
+
+def is_multiprocess() -> bool:
+  return jax.process_count() > 1
+
+
+def host_local(x: Any) -> np.ndarray:
+  """This process's rows (dim 0) of `x` as NumPy: all of `x` when it is fully addressable (one
+  process, or replicated), else the block `local_rows(x.sharding, x.shape)` assembled from the
+  shards on this process's devices."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  rows = local_rows(x.sharding, x.shape)
+  out = np.empty((rows.stop - rows.start,) + tuple(x.shape[1:]), x.dtype)
+  for shard in x.addressable_shards:
+    index = shard.index if shard.index else (slice(None),)
+    start, stop, _ = index[0].indices(x.shape[0])
+    out[(slice(start - rows.start, stop - rows.start),) + tuple(index[1:])] = np.asarray(shard.data)
+  return out
+
+
+def to_host(x: Any) -> np.ndarray:
+  """All of a (possibly multi-process) array as NumPy, on every process."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def from_host(x: Any, sharding_: jax.sharding.Sharding) -> jax.Array:
+  """A global array with `sharding_` from a host array that every process holds whole (the same
+  values everywhere, e.g. a gathered batch); each process places only its own shards."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding_, lambda index: x[index])
+
+
+def replicate(x: Any, sharding_: jax.sharding.Sharding) -> jax.Array:
+  """`x` (an array or PRNG key on one device, the same value on every process) placed whole on
+  every device of `sharding_` (a replicated sharding over a multi-process mesh)."""
+  if not is_multiprocess():
+    return jax.device_put(x, sharding_)
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = from_host(np.asarray(jax.random.key_data(x)), sharding_)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  return from_host(np.asarray(x), sharding_)
+
+
+def allgather(x: Any) -> np.ndarray:
+  """Every process's `x` (same shape everywhere) concatenated along dim 0 in process order."""
+  x = np.asarray(x)
+  if not is_multiprocess():
+    return x
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def allgather_objects(obj: Any) -> list[Any]:
+  """Every process's picklable `obj`, as a list in process order (`[obj]` in one process).
+
+  For small host-side values (evaluation outcomes, iterator states, counts); bulk arrays go through
+  `allgather`."""
+  if not is_multiprocess():
+    return [obj]
+  import pickle  # pylint: disable=g-import-not-at-top
+  data = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
+  sizes = allgather(np.array([data.size], np.int32))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  rows = allgather(padded[None])
+  return [pickle.loads(row[:int(n)].tobytes()) for row, n in zip(rows, sizes)]
+
+
+def agree_max(value: int) -> int:
+  """The largest of every process's integer `value` (e.g. a padded width all must use)."""
+  if not is_multiprocess():
+    return int(value)
+  return int(allgather(np.array([int(value)], np.int32)).max())
+
+
+def agree_equal(value: int, what: str) -> int:
+  """`value`, after checking every process has the same one (a clear error instead of a hang)."""
+  if not is_multiprocess():
+    return int(value)
+  values = allgather(np.array([int(value)], np.int32)).tolist()
+  if len(set(values)) != 1:
+    raise ValueError(f"{what} differs between processes: {values}; it must be the same everywhere")
+  return int(value)

@@ -68,6 +68,21 @@ def single_turn_one_at_three(outcomes: Sequence[dict[str, Any]]) -> list[float]:
   return successes
 
 
+def run_split(engine: rollout_lib.RolloutEngine, params: Any, problems: Sequence[Any], rng: Any
+              ) -> tuple[list[dict[str, Any]], rollout_lib.RolloutStats]:
+  """Every episode's outcome, in the order of `problems`; with several processes each runs an
+  equal block (the last process's padded with repeats that are dropped) and all get every outcome."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from rlef_jax import distributed  # pylint: disable=g-import-not-at-top
+  count, index = jax.process_count(), jax.process_index()
+  per = -(-len(problems) // count)
+  padded = list(problems) + [problems[-1]] * (per * count - len(problems))
+  records, stats = engine.run(params, padded[index * per:(index + 1) * per], rng)
+  outcomes = [episode_outcome(r) for r in records]
+  gathered = [o for part in distributed.allgather_objects(outcomes) for o in part]
+  return gathered[:len(problems)], stats
+
+
 def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.RolloutEngine | None,
              params: Any, problems: Sequence[Any], *, num_rollouts: int, rng: Any,
              seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -75,8 +90,8 @@ def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.Rollou
   import jax  # pylint: disable=g-import-not-at-top
 
   mt_problems = [p for p in problems for _ in range(num_rollouts)]
-  records, stats = engine_mt.run(params, mt_problems, jax.random.fold_in(rng, 0))
-  mt = [dict(episode_outcome(r), mode="multi_turn") for r in records]
+  mt, stats = run_split(engine_mt, params, mt_problems, jax.random.fold_in(rng, 0))
+  mt = [dict(o, mode="multi_turn") for o in mt]
   summary: dict[str, Any] = {
       "problems": len(problems), "rollouts_per_problem": num_rollouts,
       "multi_turn_1at3": _summary([o["solved"] for o in mt], seed),
@@ -88,8 +103,8 @@ def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.Rollou
   outcomes = mt
   if engine_st is not None:
     st_problems = [p for p in problems for _ in range(3 * num_rollouts)]
-    st_records, _ = engine_st.run(params, st_problems, jax.random.fold_in(rng, 1))
-    st = [dict(episode_outcome(r), mode="single_turn") for r in st_records]
+    st, _ = run_split(engine_st, params, st_problems, jax.random.fold_in(rng, 1))
+    st = [dict(o, mode="single_turn") for o in st]
     summary["single_turn_pass1"] = _summary([o["solved"] for o in st], seed)
     summary["single_turn_1at3"] = _summary(single_turn_one_at_three(st), seed)
     outcomes = mt + st

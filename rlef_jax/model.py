@@ -157,14 +157,21 @@ class Llama(nn.Module):
   `cache.lengths_B[b] + i` and attends to slots up to there; the returned cache's lengths grow by
   `num_new_B` (default L), so a right-padded chunk's garbage tail is overwritten by the row's next
   chunk. Callers guarantee `max(lengths) + L <= S`. Logits are float32.
+
+  `logits_at_B`: compute logits only at position `logits_at_B[b]` of each row (`logits_Bx1xV`): a
+  prefill that samples from its last token then never holds the B × L × V logits (at 8B, 128k
+  vocabulary and a 2k-token chunk that is 1 GB per row).
   """
   config: LlamaConfig
 
   @nn.compact
-  def __call__(self, tokens_BxL, cache: KVCache | None = None, num_new_B=None):
+  def __call__(self, tokens_BxL, cache: KVCache | None = None, num_new_B=None, logits_at_B=None):
     cfg = self.config
     _check_tokens(tokens_BxL, cache, num_new_B)
     x_BxLxD, embed, kv = layers.decoder(cfg, tokens_BxL, cache)
+    if logits_at_B is not None:
+      x_BxLxD = jnp.take_along_axis(
+          x_BxLxD, jnp.asarray(logits_at_B, jnp.int32)[:, None, None], axis=1)
     if cfg.tie_word_embeddings:
       logits_BxLxV = embed.attend(x_BxLxD)
     else:

@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
+from rlef_jax import distributed
 from rlef_jax import env as env_lib
 from rlef_jax import model as model_lib
 from rlef_jax import sampler as sampler_lib
@@ -64,9 +65,10 @@ class RolloutStats:
 
 @dataclasses.dataclass
 class _Group:
-  rows: list[int]                  # indices into the episode list
+  rows: list[int]                  # indices into this process's episode list
   states: list[Any]
-  size: int                        # cache rows: len(rows) padded to a multiple of the data-parallel size
+  size: int                        # this process's cache rows: len(rows) padded (see `run`)
+  global_size: int                 # cache rows over all processes (`size` × process count)
   cache: model_lib.KVCache
   futures: dict[int, Any]          # row position -> (public future, random-feedback future or None)
   logps: list[list[np.ndarray]]
@@ -106,6 +108,13 @@ class RolloutEngine:
     self.mesh = mesh
     self.stop_ids = tuple(sorted(tokenizer.stop_ids))
 
+  def _global(self, x: np.ndarray, global_size: int) -> Any:
+    """This process's rows of a sampler input as the global array (as is in one process)."""
+    if not distributed.is_multiprocess():
+      return x
+    from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
+    return distributed.global_batch(x, sharding.data_sharding(self.mesh, x.ndim), global_size)
+
   def _init_cache(self, batch_size: int) -> model_lib.KVCache:
     if self.mesh is None:
       return model_lib.init_cache(self.llama_config, batch_size, self.settings.max_context_length)
@@ -117,7 +126,7 @@ class RolloutEngine:
   def _sample_turn(self, group: _Group, params: Any, rng: jax.Array, stats: RolloutStats) -> None:
     s = self.settings
     active = [not st.done for st in group.states]
-    fed = np.asarray(group.cache.lengths_B)
+    fed = distributed.host_local(group.cache.lengths_B)
     chunks = []
     for i, st in enumerate(group.states):
       if not active[i]:
@@ -131,10 +140,12 @@ class RolloutEngine:
         active[i] = False
         chunk = []
       chunks.append(chunk)
-    if not any(active):
+    # Several processes sample one global batch together: all call the sampler or none does, with
+    # one chunk width (no-ops in one process).
+    if not distributed.agree_max(any(active)):
       return
     width = _bucket(max(len(c) for c in chunks), s.length_bucket)
-    width = min(width, s.max_context_length)
+    width = distributed.agree_max(min(width, s.max_context_length))
     new_BxL = np.full((group.size, width), self.tokenizer.pad_id, np.int32)
     num_new_B = np.zeros(group.size, np.int32)
     active_B = np.zeros(group.size, bool)
@@ -144,13 +155,14 @@ class RolloutEngine:
       num_new_B[i] = len(c)
     t0 = time.perf_counter()
     out = sampler_lib.generate(
-        params, group.cache, new_BxL, num_new_B, rng, model=self.model,
+        params, group.cache, self._global(new_BxL, group.global_size),
+        self._global(num_new_B, group.global_size), rng, model=self.model,
         max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-        stop_ids=self.stop_ids, pad_id=self.tokenizer.pad_id, active_B=active_B,
-        mesh=self.mesh)
-    tokens_BxT = np.asarray(out.tokens_BxT)
-    logp_BxT = np.asarray(out.logprobs_BxT)
-    lengths_B = np.asarray(out.lengths_B)
+        stop_ids=self.stop_ids, pad_id=self.tokenizer.pad_id,
+        active_B=self._global(active_B, group.global_size), mesh=self.mesh)
+    tokens_BxT = distributed.host_local(out.tokens_BxT)
+    logp_BxT = distributed.host_local(out.logprobs_BxT)
+    lengths_B = distributed.host_local(out.lengths_B)
     stats.sample_seconds += time.perf_counter() - t0
     group.cache = out.cache
     for i in range(len(chunks)):
@@ -201,8 +213,18 @@ class RolloutEngine:
                                          else np.asarray(rng).ravel().tolist())
     s = self.settings
     # A sharded KV cache needs a row count divisible by the data-parallel size: groups are padded
-    # with idle rows, and no more groups are made than fill one such multiple each.
+    # with idle rows, and no more groups are made than fill one such multiple each. With several
+    # processes each one runs its own `problems` (the same number everywhere) as its block of rows
+    # of every group, and all sample together (rlef_jax.distributed).
+    processes = jax.process_count()
     multiple = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    if processes > 1:
+      if self.mesh is None or multiple % processes:
+        raise ValueError(f"rollouts in {processes} processes need a mesh whose data × fsdp "
+                         f"(now {multiple}) is a multiple of the process count, so that every "
+                         "process holds its own rows of the batch")
+      distributed.agree_equal(len(problems), "the number of episodes per process")
+    multiple //= processes
     num_groups = max(1, min(s.num_groups, -(-len(problems) // multiple)))
     bounds = np.linspace(0, len(problems), num_groups + 1).astype(int)
     groups = []
@@ -210,15 +232,16 @@ class RolloutEngine:
       rows = list(range(bounds[g], bounds[g + 1]))
       states = [env_lib.start(problems[r], self.tokenizer, self.env_config) for r in rows]
       size = -(-len(rows) // multiple) * multiple
-      groups.append(_Group(rows, states, size, self._init_cache(size), {}, [[] for _ in rows],
-                           [False] * len(rows)))
+      groups.append(_Group(rows, states, size, size * processes, self._init_cache(size * processes),
+                           {}, [[] for _ in rows], [False] * len(rows)))
 
     step = 0
-    while not all(all(st.done for st in g.states) and not g.futures for g in groups):
+    while distributed.agree_max(not all(all(st.done for st in g.states) and not g.futures
+                                        for g in groups)):
       for g in groups:
         if g.futures:
           self._collect(g, stats)
-        if all(st.done for st in g.states):
+        if not distributed.agree_max(not all(st.done for st in g.states)):
           continue
         self._sample_turn(g, params, jax.random.fold_in(rng, step), stats)
         step += 1
@@ -239,16 +262,22 @@ class RolloutEngine:
     return records, stats  # type: ignore[return-value]
 
 
+def batch_length(records: Sequence[EpisodeRecord], length_bucket: int = 128) -> int:
+  """The padded length `to_batch` gives these records (several processes agree on the largest)."""
+  return _bucket(max(len(r.episode.tokens) for r in records), length_bucket)
+
+
 def to_batch(records: Sequence[EpisodeRecord], *, max_turns: int, pad_id: int,
-             length_bucket: int = 128) -> dict[str, np.ndarray]:
+             length_bucket: int = 128, min_length: int = 0) -> dict[str, np.ndarray]:
   """Right-padded training arrays of whole episodes (one row per episode = one PPO "sequence", our
   reading of the paper's "4 updates on 256 sequences each", config.rl.sequence_unit).
 
-  `turn_id_BxL` marks each policy token with its turn; `value_index_BxT` is the last prompt token
+  `min_length`: pad to at least this many positions (processes of one run pad to the same length).
+  `length_B` is each episode's token count; `turn_id_BxL` marks each policy token with its turn; `value_index_BxT` is the last prompt token
   before each response (paper §3: the value is predicted from the last token of the prompt).
   """
   B = len(records)
-  L = _bucket(max(len(r.episode.tokens) for r in records), length_bucket)
+  L = max(batch_length(records, length_bucket), min_length)
   T = max_turns
   out = {
       "tokens_BxL": np.full((B, L), pad_id, np.int32),
@@ -258,10 +287,12 @@ def to_batch(records: Sequence[EpisodeRecord], *, max_turns: int, pad_id: int,
       "value_index_BxT": np.zeros((B, T), np.int32),
       "turn_mask_BxT": np.zeros((B, T), np.float32),
       "task_rewards_BxT": np.zeros((B, T), np.float32),
+      "length_B": np.zeros(B, np.int32),
   }
   for b, rec in enumerate(records):
     ep = rec.episode
     out["tokens_BxL"][b, :len(ep.tokens)] = ep.tokens
+    out["length_B"][b] = len(ep.tokens)
     out["policy_mask_BxL"][b, :len(ep.policy_mask)] = ep.policy_mask
     for t, turn in enumerate(ep.turns):
       start, end = turn.prompt_end, turn.response_end

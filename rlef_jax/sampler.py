@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlef_jax import distributed
 from rlef_jax.model import KVCache
 
 
@@ -86,10 +87,10 @@ def _generate(params, cache, new_tokens_BxL, num_new_B, active_B, rng, *, model,
   is_stop = lambda tok_B: jnp.any(tok_B[:, None] == stop_ids_K[None, :], axis=-1)
   index_T = jnp.arange(T, dtype=jnp.int32)
 
-  logits_BxLxV, cache = model.apply({"params": params}, new_tokens_BxL, cache=cache,
-                                    num_new_B=num_new_B)
   last_B = jnp.maximum(num_new_B - 1, 0)
-  logits_BxV = jnp.take_along_axis(logits_BxLxV, last_B[:, None, None], axis=1)[:, 0]
+  logits_Bx1xV, cache = model.apply({"params": params}, new_tokens_BxL, cache=cache,
+                                    num_new_B=num_new_B, logits_at_B=last_B)
+  logits_BxV = logits_Bx1xV[:, 0]
   # Each generated token is written to the cache; a row keeps one slot free because the model
   # writes a (discarded) pad token at every row's end in each decoding step.
   budget_B = jnp.where(active_B, jnp.clip(S - 1 - cache.lengths_B, 0, T), 0)
@@ -134,7 +135,8 @@ def _generate(params, cache, new_tokens_BxL, num_new_B, active_B, rng, *, model,
 
 
 def _check_inputs(cache, new_tokens_BxL, num_new_B, active_B, max_new_tokens, temperature,
-                  top_p) -> None:
+                  top_p, global_shapes) -> None:
+  """`num_new_B`, `active_B`: this process's rows as NumPy; `global_shapes`: their global shapes."""
   if not isinstance(cache, KVCache):
     raise ValueError(f"generate needs a rlef_jax.model.KVCache (model.init_cache), got "
                      f"{type(cache).__name__}")
@@ -145,9 +147,9 @@ def _check_inputs(cache, new_tokens_BxL, num_new_B, active_B, max_new_tokens, te
   if cache.lengths_B.shape != (B,):
     raise ValueError(f"cache has batch size {cache.lengths_B.shape[0]} but new_tokens_BxL has {B} "
                      "rows; build the cache with init_cache(config, batch_size, max_length)")
-  if num_new_B.shape != (B,) or active_B.shape != (B,):
-    raise ValueError(f"num_new_B and active_B must have shape ({B},), got {num_new_B.shape} and "
-                     f"{active_B.shape}")
+  if tuple(global_shapes[0]) != (B,) or tuple(global_shapes[1]) != (B,):
+    raise ValueError(f"num_new_B and active_B must have shape ({B},), got {tuple(global_shapes[0])} "
+                     f"and {tuple(global_shapes[1])}")
   if np.any(num_new_B < 0) or np.any(num_new_B > L):
     raise ValueError(f"num_new_B must lie in [0, {L}] (the chunk length), got {num_new_B.tolist()}")
   if np.any(active_B & (num_new_B == 0)):
@@ -155,7 +157,7 @@ def _check_inputs(cache, new_tokens_BxL, num_new_B, active_B, max_new_tokens, te
     raise ValueError(f"rows {rows} are active but have num_new_B == 0: a row continues from its last "
                      "new token, so give it at least one (or mark it inactive with active_B)")
   # Padding past a row's real tokens may run off the cache end: the model drops those writes.
-  lengths_B = np.asarray(cache.lengths_B)
+  lengths_B = distributed.host_local(cache.lengths_B)
   if np.any(lengths_B + num_new_B > S - 1):
     raise ValueError(f"the cache is too short: after the new chunk a row would hold "
                      f"{int((lengths_B + num_new_B).max())} of {S} slots and one must stay free; "
@@ -194,10 +196,13 @@ def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Ar
   in `out_of_cache_B`). Inputs are checked on the host first (this reads `cache.lengths_B`).
   """
   new_tokens_BxL = jnp.asarray(new_tokens_BxL, jnp.int32)
-  num_new_np = np.asarray(num_new_B, np.int32)
-  active_np = (np.ones(num_new_np.shape, bool) if active_B is None
-               else np.asarray(active_B, bool))
-  _check_inputs(cache, new_tokens_BxL, num_new_np, active_np, max_new_tokens, temperature, top_p)
+  if active_B is None:
+    active_B = np.ones(np.shape(num_new_B), bool)
+  # Several processes pass global arrays (rlef_jax.distributed); each checks its own rows.
+  num_new_np = distributed.host_local(num_new_B).astype(np.int32)
+  active_np = distributed.host_local(active_B).astype(bool)
+  _check_inputs(cache, new_tokens_BxL, num_new_np, active_np, max_new_tokens, temperature, top_p,
+                global_shapes=(np.shape(num_new_B), np.shape(active_B)))
   stop_ids = tuple(sorted({int(t) for t in stop_ids}))
   if cache.k_NxBxSxKxDh is cache.v_NxBxSxKxDh:  # one buffer cannot be donated twice
     cache = cache.replace(v_NxBxSxKxDh=jnp.copy(cache.v_NxBxSxKxDh))
@@ -206,7 +211,8 @@ def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Ar
     from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
     context = sharding.use_mesh(mesh)
   with context:
-    return _generate(params, cache, new_tokens_BxL, jnp.asarray(num_new_np), jnp.asarray(active_np),
+    return _generate(params, cache, new_tokens_BxL, jnp.asarray(num_new_B, jnp.int32),
+                     jnp.asarray(active_B, bool),
                      rng, model=model, max_new_tokens=int(max_new_tokens),
                      temperature=float(temperature), top_p=float(top_p), stop_ids=stop_ids,
                      pad_id=int(pad_id), mesh=mesh)

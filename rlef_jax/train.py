@@ -191,11 +191,16 @@ def reference_params(run: Run, rng: jax.Array) -> Any:
   """The frozen initial policy ρ, made once per workdir (after the warm start when enabled)."""
   ref_dir = os.path.join(run.workdir, REFERENCE_DIR)
   shardings = sharding.param_shardings(run.policy_model, run.mesh)
-  if os.path.exists(ref_dir):
+  # Process 0 decides for all: another host may look after process 0 has started writing it.
+  if distributed.allgather_objects(os.path.exists(ref_dir))[0]:
     params, _ = checkpoint_lib.restore_params(ref_dir, shardings=shardings)
     return params
   params = initial_policy_params(run, rng)
   c = run.config
+  if c.warmstart.enabled and distributed.is_multiprocess():
+    raise ValueError("the supervised warm start (config.warmstart.enabled, a tiny-model phase) runs in "
+                     "one process: run it once with a single process on this workdir (it writes "
+                     f"{ref_dir}), or start from weights (config.model.init_checkpoint)")
   if c.warmstart.enabled:
     problems = _problem_stream(run, seed=c.data.seed + 1)
     form = ("statement -> solution, single turn" if c.warmstart.dialogue_turns == 1 else
@@ -227,47 +232,134 @@ def _problem_stream(run: Run, seed: int):
 # One round
 
 
+def episode_arrays(records: Sequence[rollout_lib.EpisodeRecord], max_turns: int) -> dict:
+  """Per-episode outcomes as arrays (gathered across processes with the batch, for the metrics)."""
+  B = len(records)
+  out = {"solved_B": np.zeros(B), "truncated_B": np.zeros(B),
+         "public_passed_BxT": np.zeros((B, max_turns)), "valid_code_BxT": np.zeros((B, max_turns))}
+  for b, rec in enumerate(records):
+    ep = rec.episode
+    out["solved_B"][b] = float(ep.solved)
+    out["truncated_B"][b] = float(rec.truncated)
+    for t, turn in enumerate(ep.turns):
+      out["public_passed_BxT"][b, t] = float(env_lib.public_passed(ep.problem, turn.public_result))
+      out["valid_code_BxT"][b, t] = float(turn.valid)
+  return out
+
+
+def to_device(run: Run, x: np.ndarray) -> jax.Array:
+  """A host array that every process holds whole, as an input of the jitted functions: batch rows
+  over the mesh's data axes, each process placing its own (in one process: `jnp.asarray`)."""
+  if not distributed.is_multiprocess():
+    return jnp.asarray(x)
+  return distributed.from_host(x, sharding.data_sharding(run.mesh, np.ndim(x)))
+
+
+def score(run: Run, state: ppo.TrainState, ref_params: Any, batch: dict, fns: dict
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Log-probs of the round's tokens under the current policy (π_θold) and the reference ρ, and the
+  values at each turn's last prompt token: host arrays `[B, L]`, `[B, L]`, `[B, T]`.
+
+  With `rl.score_batch_size = n > 0` the episodes are scored n at a time in order of length, each
+  pass padded only to its own longest episode (rounded up to 64 tokens): less padding to compute
+  and a smaller peak (the forward holds n × L × vocabulary logits).
+  """
+  tokens_BxL, index_BxT = batch["tokens_BxL"], batch["value_index_BxT"]
+  B, L = tokens_BxL.shape
+  n = run.config.rl.score_batch_size or B
+  if n == B:
+    tokens = to_device(run, tokens_BxL)
+    return (distributed.to_host(fns["logprob"](state.policy_params, tokens)),
+            distributed.to_host(fns["logprob"](ref_params, tokens)),
+            distributed.to_host(fns["value"](state.value_params, tokens, to_device(run, index_BxT))))
+  lengths_B = batch["length_B"]
+  order = np.argsort(lengths_B, kind="stable")
+  old_logp, ref_logp = np.zeros((B, L), np.float32), np.zeros((B, L), np.float32)
+  old_values = np.zeros(index_BxT.shape, np.float32)
+  for start in range(0, B, n):
+    rows = order[start:start + n]
+    width = min(L, max(64, -(-int(lengths_B[rows].max()) // 64) * 64))
+    tokens = to_device(run, tokens_BxL[rows, :width])
+    old_logp[rows, :width] = distributed.to_host(fns["logprob"](state.policy_params, tokens))
+    ref_logp[rows, :width] = distributed.to_host(fns["logprob"](ref_params, tokens))
+    old_values[rows] = distributed.to_host(
+        fns["value"](state.value_params, tokens, to_device(run, index_BxT[rows])))
+  return old_logp, ref_logp, old_values
+
+
 def make_round_batch(run: Run, state: ppo.TrainState, ref_params: Any,
                      records: Sequence[rollout_lib.EpisodeRecord], fns: dict) -> tuple[dict, dict]:
-  """Training arrays for a round: old / reference log-probs, values and the per-turn targets."""
+  """Training arrays for a round: old / reference log-probs, values and the per-turn targets.
+
+  With several processes, `records` are this process's episodes; the batch (and so the advantage
+  normalisation and the metrics) covers every process's episodes, in process order, and every
+  process returns the same arrays.
+  """
   c = run.config
-  batch = rollout_lib.to_batch(records, max_turns=c.env.max_turns, pad_id=run.tokenizer.pad_id)
-  tokens = jnp.asarray(batch["tokens_BxL"])
-  old_logp = fns["logprob"](state.policy_params, tokens)
-  ref_logp = fns["logprob"](ref_params, tokens)
-  old_values = fns["value"](state.value_params, tokens, jnp.asarray(batch["value_index_BxT"]))
-  policy_mask = jnp.asarray(batch["policy_mask_BxL"])
+  local = rollout_lib.to_batch(records, max_turns=c.env.max_turns, pad_id=run.tokenizer.pad_id,
+                               min_length=distributed.agree_max(rollout_lib.batch_length(records)))
+  local.update(episode_arrays(records, c.env.max_turns))
+  batch = {key: distributed.allgather(value) for key, value in local.items()}
+  B = batch["tokens_BxL"].shape[0]
+  old_logp, ref_logp, old_values = score(run, state, ref_params, batch, fns)
+  policy_mask = batch["policy_mask_BxL"]
   targets = ppo.compute_turn_targets(
-      jnp.asarray(batch["task_rewards_BxT"]), old_logp * policy_mask, ref_logp * policy_mask,
-      jnp.asarray(batch["turn_id_BxL"]), jnp.asarray(batch["turn_mask_BxT"]), old_values, c.rl)
-  batch.update(old_logp_BxL=np.asarray(old_logp), old_values_BxT=np.asarray(old_values),
-               advantages_BxT=np.asarray(targets["advantages_BxT"]),
-               returns_BxT=np.asarray(targets["returns_BxT"]))
+      to_device(run, batch["task_rewards_BxT"]), to_device(run, old_logp * policy_mask),
+      to_device(run, ref_logp * policy_mask), to_device(run, batch["turn_id_BxL"]),
+      to_device(run, batch["turn_mask_BxT"]), to_device(run, old_values), c.rl)
+  targets = {key: distributed.to_host(value) for key, value in targets.items()}
+  batch.update(old_logp_BxL=old_logp, old_values_BxT=old_values,
+               advantages_BxT=targets["advantages_BxT"], returns_BxT=targets["returns_BxT"])
   turn_mask = batch["turn_mask_BxT"]
+  turns = max(np.sum(turn_mask), 1)
   mask = batch["policy_mask_BxL"]
-  episodes = [r.episode for r in records]
+  public = batch["public_passed_BxT"] * turn_mask
   metrics = {
-      "reward/task_mean": float(np.sum(batch["task_rewards_BxT"]) / len(records)),
-      "reward/total_mean": float(np.sum(np.asarray(targets["rewards_BxT"]) * turn_mask) / len(records)),
-      "reward/return_mean": float(np.sum(batch["returns_BxT"][:, 0]) / len(records)),
-      "solve/private": float(np.mean([ep.solved for ep in episodes])),
-      "solve/public": float(np.mean([any(env_lib.public_passed(ep.problem, t.public_result)
-                                             for t in ep.turns) for ep in episodes])),
-      "episode/turns": float(np.mean([len(ep.turns) for ep in episodes])),
+      "reward/task_mean": float(np.sum(batch["task_rewards_BxT"]) / B),
+      "reward/total_mean": float(np.sum(targets["rewards_BxT"] * turn_mask) / B),
+      "reward/return_mean": float(np.sum(batch["returns_BxT"][:, 0]) / B),
+      "solve/private": float(np.mean(batch["solved_B"])),
+      "solve/public": float(np.mean(np.max(public, axis=1))),
+      "episode/turns": float(np.sum(turn_mask) / B),
       # Repair rate: how often turn t passes the public tests when it is reached (t > 1 follows a
       # failure and its feedback, so this is the direct measure of using the feedback).
-      **{f"solve/public_at_turn{t + 1}": float(np.mean(
-          [env_lib.public_passed(ep.problem, ep.turns[t].public_result)
-           for ep in episodes if len(ep.turns) > t] or [np.nan])) for t in range(c.env.max_turns)},
-      "episode/valid_code": float(np.mean([t.valid for ep in episodes for t in ep.turns])),
-      "episode/truncated": float(np.mean([r.truncated for r in records])),
-      "episode/response_tokens": float(np.sum(mask) / max(np.sum(turn_mask), 1)),
-      "kl/turn_mean": float(np.sum(np.asarray(targets["kl_BxT"]) * turn_mask) / max(np.sum(turn_mask), 1)),
-      "value/mean": float(np.sum(batch["old_values_BxT"] * turn_mask) / max(np.sum(turn_mask), 1)),
+      **{f"solve/public_at_turn{t + 1}": float(np.sum(public[:, t]) / np.sum(turn_mask[:, t]))
+         if np.sum(turn_mask[:, t]) else float("nan") for t in range(c.env.max_turns)},
+      "episode/valid_code": float(np.sum(batch["valid_code_BxT"] * turn_mask) / turns),
+      "episode/truncated": float(np.mean(batch["truncated_B"])),
+      "episode/response_tokens": float(np.sum(mask) / turns),
+      "kl/turn_mean": float(np.sum(targets["kl_BxT"] * turn_mask) / turns),
+      "value/mean": float(np.sum(batch["old_values_BxT"] * turn_mask) / turns),
       "logp/sampler_vs_trainer_abs_diff": float(
           np.sum(np.abs(batch["old_logp_BxL"] - batch["behaviour_logp_BxL"]) * mask) / max(np.sum(mask), 1)),
   }
   return batch, metrics
+
+
+def on_mesh(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Every leaf on the mesh: sharded leaves stay, the rest (step, RNG, optimizer counts, the fresh
+  value head: made on one device) are replicated. Jitted calls under the mesh reject a mix, and a
+  resumed state is then placed exactly like a fresh one."""
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(
+      lambda x: x if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
+      else distributed.replicate(x, replicated), tree)
+
+
+def _iterator_states(iterator) -> list:
+  """Every process's data-iterator state (process order), for the checkpoint."""
+  return distributed.allgather_objects(iterator.get_state())
+
+
+def _this_process_iterator_state(saved: Any) -> Any:
+  """This process's state from a checkpoint's `data_iterator` (a single state: one process)."""
+  if not isinstance(saved, list):
+    saved = [saved]
+  if len(saved) != jax.process_count():
+    raise ValueError(f"the checkpoint was written by {len(saved)} process(es) and this run has "
+                     f"{jax.process_count()}: the data order cannot be resumed with another process "
+                     "count; resume with the same layout")
+  return saved[jax.process_index()]
 
 
 def _round_problems(run: Run, iterator, count: int) -> list[Any]:
@@ -276,6 +368,15 @@ def _round_problems(run: Run, iterator, count: int) -> list[Any]:
 
 # ---------------------------------------------------------------------------------------------
 # The command
+
+
+def check_workdir(workdir: str) -> None:
+  """Refuses a URL workdir (`gs://...`): paths here go through `os.path`, so one would silently
+  become a local directory named `gs:` on each host instead of the shared bucket."""
+  if "://" in str(workdir):
+    raise ValueError(f"--workdir={workdir}: URL workdirs are not supported yet; mount the bucket at "
+                     "the same path on every host (gcsfuse, or an NFS share) and pass that path "
+                     "(experiments/tpu/README.md, \"Workdir\")")
 
 
 class _Stop:
@@ -299,6 +400,7 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
   early at a round boundary with a checkpoint, as a SIGTERM would (used by the resume test)."""
   from rlef_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
+  check_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   _Stop.install()  # before the warm start and first evaluation, which can take minutes
   run = build(config, workdir)
@@ -313,11 +415,7 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
     # The update donates the state, so the policy must not share buffers with the frozen reference.
     policy_params = jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
     state = ppo.init_train_state(policy_params, value_params, policy_opt, value_opt, train_rng)
-    # Step, RNG and optimizer counts would otherwise be restored committed to one device, which
-    # jitted calls under the mesh reject: every leaf lives on the mesh, fresh or resumed alike.
-    state = jax.tree.map(
-        lambda x: x if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
-        else jax.device_put(x, sharding.replicated(run.mesh)), state)
+    state = on_mesh(state, run.mesh)
 
     iterator = pipeline.make_iterator(
         data_source(c, c.data.train_split), seed=c.data.seed, shuffle=c.data.shuffle,
@@ -328,13 +426,16 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
     start_step = 0
     if checkpointer.latest_step() is not None:
       state, extra = checkpointer.restore(None, checkpoint_lib.abstract_like(state))
-      iterator.set_state(extra["data_iterator"])
+      iterator.set_state(_this_process_iterator_state(extra["data_iterator"]))
       start_step = int(state.step)
       print(f"[train] resumed from step {start_step} in {workdir}", flush=True)
 
     problems_eval = eval_problems(c, c.eval.split)
     results = {}
-    if start_step == 0 and not os.path.exists(os.path.join(workdir, EVAL_DIR, "step_0.json")):
+    # Process 0 writes the evaluations; it decides for all (other hosts may not see its files).
+    before_done = distributed.allgather_objects(
+        os.path.exists(os.path.join(workdir, EVAL_DIR, "step_0.json")))[0]
+    if start_step == 0 and not before_done:
       results["before"] = run_evaluation(run, ref_params, problems_eval, "step_0",
                                          jax.random.fold_in(eval_rng, 0))
 
@@ -351,6 +452,9 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
     timers = metrics_lib.Timers()
     step = start_step
     per_round = c.rl.updates_per_round
+    if c.rl.rollouts_per_round % jax.process_count():
+      raise ValueError(f"rl.rollouts_per_round={c.rl.rollouts_per_round} must divide evenly over "
+                       f"the {jax.process_count()} processes")
     local_rollouts = c.rl.rollouts_per_round // jax.process_count()
     last_checkpoint = start_step
     while step < c.train.num_updates:
@@ -364,17 +468,20 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
       with timers("update"):
         # Minibatches walk through a fresh permutation of the round's episodes per pass (the paper's
         # 4 x 256 = 1024 is one pass; more updates than that make further passes).
-        per_pass = len(records) // c.rl.minibatch_size
+        # Every process holds the whole round (make_round_batch) and draws the same minibatches.
+        episodes = batch["tokens_BxL"].shape[0]
+        per_pass = episodes // c.rl.minibatch_size
         update_metrics = []
         for k in range(per_round):
           if k % per_pass == 0:
-            order = np.asarray(jax.random.permutation(
-                jax.random.fold_in(jax.random.fold_in(round_rng, 1), k // per_pass), len(records)))
+            order = distributed.to_host(jax.random.permutation(
+                jax.random.fold_in(jax.random.fold_in(round_rng, 1), k // per_pass), episodes))
           rows = order[(k % per_pass) * c.rl.minibatch_size:(k % per_pass + 1) * c.rl.minibatch_size]
-          minibatch = {key: jnp.asarray(batch[key][rows]) for key in ppo.MINIBATCH_KEYS}
+          minibatch = {key: to_device(run, batch[key][rows]) for key in ppo.MINIBATCH_KEYS}
           state, m = update(state, minibatch)
           update_metrics.append(m)
           step += 1
+        jax.block_until_ready((state, update_metrics))  # time the updates, not their dispatch
       seconds = time.perf_counter() - round_start
       tokens = float(np.sum(batch["policy_mask_BxL"]))
       log = {**round_metrics, **stats.as_metrics(),
@@ -385,12 +492,14 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
       writer.write(step, log)
 
       last = step >= c.train.num_updates
-      stopping = _Stop.requested or (stop_after_updates is not None and step >= stop_after_updates)
+      # A signal reaches the hosts of a pod at different times; all stop after the same round.
+      stopping = bool(distributed.agree_max(
+          _Stop.requested or (stop_after_updates is not None and step >= stop_after_updates)))
       if c.train.eval_every and (step % c.train.eval_every < per_round) and not last:
         run_evaluation(run, state.policy_params, problems_eval, f"step_{step}",
                        jax.random.fold_in(eval_rng, step), single_turn=False)
       if last or stopping or step - last_checkpoint >= c.train.checkpoint_every:
-        checkpointer.save(step, state, {"data_iterator": iterator.get_state()})
+        checkpointer.save(step, state, {"data_iterator": _iterator_states(iterator)})
         last_checkpoint = step
       if stopping and not last:
         checkpointer.wait()
@@ -424,6 +533,7 @@ def evaluate_main(argv: Sequence[str]) -> None:
   c, workdir = _CONFIG.value, _WORKDIR.value
   if workdir is None:
     raise app.UsageError("--workdir is required")
+  check_workdir(workdir)
   distributed.initialize(c)
   run = build(c, workdir)
   try:

@@ -190,6 +190,14 @@ def test_validate_against_device_count():
     rc.validate(config, num_devices=4)
   config.mesh.data, config.mesh.fsdp = -1, 3
   config.rl.rollouts_per_round, config.rl.minibatch_size = 960, 240
+  with pytest.raises(ValueError, match=r"config\.rl\.score_batch_size \(64\) must be a multiple of "
+                                       r"the data-parallel size"):
+    rc.validate(config, num_devices=3)
+  config.rl.score_batch_size = 100
+  with pytest.raises(ValueError, match=r"rollouts_per_round \(960\) must be a multiple of "
+                                       r"config\.rl\.score_batch_size \(100\), or set it to 0"):
+    rc.validate(config, num_devices=3)
+  config.rl.score_batch_size = 120
   rc.validate(config, num_devices=3)
   with pytest.raises(ValueError, match=r"config\.rl\.minibatch_size \(240\) must be a multiple of "
                                        r"the data-parallel size mesh\.data \* mesh\.fsdp = 9"):

@@ -1,8 +1,10 @@
 """Tests for rlef_jax.distributed and experiments/tpu/launch.sh.
 
-The multi-process test runs `ppo.make_update_step` in 2 CPU processes (2 devices each, gloo
-collectives, coordinator on 127.0.0.1) on a global (data=1, fsdp=2, tensor=2) mesh and compares the
-metrics and the updated params with the same steps on one device in the pytest process.
+The multi-process tests run in 2 CPU processes (2 devices each, gloo collectives, coordinator on
+127.0.0.1): `ppo.make_update_step` on a global (data=1, fsdp=2, tensor=2) mesh against the same steps
+on one device in the pytest process; one trainer round (rollouts with the real sampler and executor,
+`train.make_round_batch`, a PPO update) on a (data=2, fsdp=2) mesh against the same round in one
+4-device process; and `train.train` stopped and resumed in 2 processes.
 """
 
 import contextlib
@@ -25,6 +27,7 @@ from rlef_jax import distributed, metrics, sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "multiprocess", "ppo_step_worker.py")
+TRAIN_WORKER = os.path.join(REPO, "tests", "multiprocess", "train_worker.py")
 LAUNCH = os.path.join(REPO, "experiments", "tpu", "launch.sh")
 
 
@@ -235,6 +238,103 @@ def test_two_processes_match_one_process(tmp_path):
   assert len(os.listdir(two / "metrics" / "tensorboard")) == 1  # only process 0 writes
 
 
+def _load_train_worker():
+  spec = importlib.util.spec_from_file_location("train_worker", TRAIN_WORKER)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def synthetic_data_dir(tmp_path_factory):
+  """The synthetic TFDS dataset prepared once here, so that the worker processes only read it."""
+  from rlef_jax import train as train_lib
+  data_dir = tmp_path_factory.mktemp("tfds")
+  train_lib.data_source(_load_train_worker().tiny_config(str(data_dir)), "train")
+  return str(data_dir)
+
+
+def _train_jobs(part, out, data_dir, processes, devices):
+  port = _free_port()
+  args = [sys.executable, TRAIN_WORKER, "--part", part, "--out", str(out), "--data-dir", data_dir]
+  if processes == 1:
+    return [(args, _child_env(devices))]
+  return [(args, _child_env(devices, RLEF_COORDINATOR=f"127.0.0.1:{port}",
+                            RLEF_NUM_PROCESSES=str(processes), RLEF_PROCESS_ID=str(pid)))
+          for pid in range(processes)]
+
+
+def test_a_trainer_round_in_two_processes_matches_one_process(tmp_path, synthetic_data_dir):
+  one, two = tmp_path / "one", tmp_path / "two"
+  jobs = (_train_jobs("round", one, synthetic_data_dir, 1, 4)
+          + _train_jobs("round", two, synthetic_data_dir, 2, 2))
+  with _started(jobs, tmp_path) as wait:
+    wait(timeout_s=400)
+
+  ref = np.load(one / "round_0.npz")
+  procs = [np.load(two / f"round_{i}.npz") for i in range(2)]
+  assert int(ref["process_count"]) == 1 and int(ref["local_episodes"]) == 8
+  batch_names = [k for k in ref.files if k.startswith("batch_")]
+  assert "batch_tokens_BxL" in batch_names and "batch_advantages_BxT" in batch_names
+  assert ref["batch_tokens_BxL"].shape[0] == 8
+  assert ref["batch_policy_mask_BxL"].sum() > 8  # the episodes generated responses
+  advantages = ref["batch_advantages_BxT"][ref["batch_turn_mask_BxT"] > 0]
+  assert np.std(advantages) > 0.5  # a real PPO step: normalised advantages that differ
+  for p in procs:
+    assert int(p["process_count"]) == 2 and int(p["local_episodes"]) == 4  # half the round each
+    for name in batch_names:
+      if name in ("batch_tokens_BxL", "batch_policy_mask_BxL", "batch_turn_id_BxL",
+                  "batch_turn_mask_BxT", "batch_task_rewards_BxT", "batch_solved_B",
+                  "batch_public_passed_BxT", "batch_valid_code_BxT"):
+        # Same tokens sampled, same verdicts: the two-process round is the one-process round.
+        np.testing.assert_array_equal(p[name], ref[name], err_msg=name)
+      else:
+        np.testing.assert_allclose(p[name], ref[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    assert list(p["metric_names"]) == list(ref["metric_names"])
+    np.testing.assert_allclose(p["metric_values"], ref["metric_values"], rtol=1e-5, atol=1e-6)
+    assert list(p["update_names"]) == list(ref["update_names"])
+    np.testing.assert_allclose(p["update_values"], ref["update_values"], rtol=1e-4, atol=1e-5)
+  ref_params = {k: ref[k] for k in ref.files if k.startswith("param")}
+  assert len(ref_params) > 5
+  for name, want in ref_params.items():
+    np.testing.assert_array_equal(procs[0][name], procs[1][name])
+    np.testing.assert_allclose(procs[0][name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_train_stops_and_resumes_in_two_processes(tmp_path, synthetic_data_dir):
+  jobs = _train_jobs("train", tmp_path, synthetic_data_dir, 2, 2)
+  with _started(jobs, tmp_path) as wait:
+    wait(timeout_s=500)
+
+  outs = [json.loads((tmp_path / f"train_{i}.json").read_text()) for i in range(2)]
+  untimed = [{when: {k: v for k, v in summary.items() if not k.endswith("seconds")}
+              for when, summary in out["results"].items()} for out in outs]
+  assert untimed[0] == untimed[1]  # every process has the global evaluation
+  assert outs[0]["first_call"] == ["before"]  # stopped after update 1, no final evaluation yet
+  after = outs[0]["results"]["after"]
+  assert after["multi_turn_1at3"]["episodes"] == 3  # 3 problems x 1, split 2 + 1 (padded)
+  assert after["single_turn_pass1"]["episodes"] == 9
+  workdir = tmp_path / "workdir"
+  episodes = (workdir / "eval" / "step_2_final.episodes.jsonl").read_text().splitlines()
+  assert len(episodes) == 12
+  from rlef_jax import train as train_lib
+  config = _load_train_worker().tiny_config(synthetic_data_dir)
+  names = [p.name for p in train_lib.eval_problems(config, config.eval.split)]
+  assert len(names) == 3
+  # Outcomes come back in problem order although processes ran different blocks.
+  assert [json.loads(line)["problem"] for line in episodes] == names + [n for n in names for _ in range(3)]
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["1", "2"]
+  logged = metrics.read_jsonl(str(workdir / "metrics.jsonl"))
+  assert [row["step"] for row in logged] == [1, 2]
+  for row in logged:
+    assert -1.6 <= row["reward/task_mean"] <= 1.0  # -1 or +1, and -0.2 per turn without code
+    assert 1.0 <= row["episode/turns"] <= 3.0
+  # The checkpoint holds each process's data-iterator state, so each resumes its own stream.
+  extra_files = list((workdir / "checkpoints" / "1" / "extra").glob("*"))
+  extra = json.loads(next(f for f in extra_files if f.is_file()).read_text())
+  assert isinstance(extra["data_iterator"], list) and len(extra["data_iterator"]) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # experiments/tpu/launch.sh
 
@@ -257,7 +357,7 @@ def test_launch_dry_run_prints_every_command():
   extra = ["--config.rl.kl_coef=0.1", "--config.data.name=it's a name"]
   out = _launch("--dry-run", "--name", "pod", "--zone", "us-east5-a", "--project", "proj",
                 "--create", "--spot", "--accelerator-type", "v5p-64", "all",
-                "--workdir", "gs://bucket/run 1", "--", *extra).stdout
+                "--workdir", "/home/u/bucket/run 1", "--", *extra).stdout
   lines = [shlex.split(line) for line in out.splitlines() if not line.startswith("#")]
   gcloud = [argv for argv in lines if argv[0] == "gcloud"]
   assert gcloud[0][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "pod"]
@@ -272,7 +372,7 @@ def test_launch_dry_run_prints_every_command():
   start = words.index("nohup") + 1
   assert words[start:words.index(">")] == [
       ".venv/bin/python", "-m", "rlef_jax.train", "--config=configs/llama8b.py",
-      "--workdir=gs://bucket/run 1", *extra]
+      "--workdir=/home/u/bucket/run 1", *extra]
   assert any("jax[tpu]==0.10.2" in _remote_command(argv) for argv in ssh)
 
 
@@ -293,12 +393,14 @@ def test_launch_exec_runs_a_quoted_command_on_all_workers():
 
 @pytest.mark.parametrize("args, match", [
     (["--name", "n", "--zone", "z", "exec"], "exec needs a command after --"),
-    (["--zone", "z", "train", "--workdir", "gs://b"], r"--name \(or \$TPU_NAME\) is required"),
+    (["--zone", "z", "train", "--workdir", "/w"], r"--name \(or \$TPU_NAME\) is required"),
     (["--name", "n", "--zone", "z", "train"], "--workdir is required for train"),
     (["--name", "n", "--zone", "z", "launch"], "unknown STEP 'launch'"),
     (["--name", "n", "--zone", "z", "--bogus", "stop"], "unknown option --bogus"),
-    (["--name", "n", "--zone", "z", "--config", "configs/nope.py", "train", "--workdir", "gs://b"],
+    (["--name", "n", "--zone", "z", "--config", "configs/nope.py", "train", "--workdir", "/w"],
      "configs/nope.py does not exist"),
+    (["--name", "n", "--zone", "z", "train", "--workdir", "gs://b/run"],
+     "does not read URLs yet; mount the bucket"),
 ])
 def test_launch_rejects_bad_arguments(args, match):
   env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
@@ -347,7 +449,7 @@ def test_launch_runs_training_on_every_worker_of_a_fake_pod(tmp_path):
   env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_POD=str(pod))
   common = ["--name", "pod", "--zone", "z"]
   try:
-    _launch(*common, "all", "--workdir", "gs://b/my run", "--", "--config.train.seed=3", env=env)
+    _launch(*common, "all", "--workdir", "/home/u/bucket/my run", "--", "--config.train.seed=3", env=env)
     for i in range(2):
       home = pod / f"worker{i}"
       assert (home / "rlef_jax" / "rlef_jax" / "distributed.py").is_file()  # the checkout arrived
@@ -356,7 +458,7 @@ def test_launch_runs_training_on_every_worker_of_a_fake_pod(tmp_path):
           break
         time.sleep(0.1)
       assert (home / "train_argv").read_text().splitlines() == [
-          "-m", "rlef_jax.train", "--config=configs/llama8b.py", "--workdir=gs://b/my run",
+          "-m", "rlef_jax.train", "--config=configs/llama8b.py", "--workdir=/home/u/bucket/my run",
           "--config.train.seed=3"]
     status = _launch(*common, "status", env=env).stdout
     assert status.count(": running") == 2, status

@@ -183,6 +183,27 @@ def test_three_chunk_conversation_matches_full_forward():
     np.testing.assert_allclose(np.concatenate(got[b]), _row_logits(cfg, params, rows[b]), atol=1e-5)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_logits_at_positions_equal_the_full_logits_there(tied):
+  """`logits_at_B` (the sampler's prefill) gives exactly the full forward's logits at those positions,
+  with and without a cache, and leaves the cache as the full call does."""
+  cfg = dataclasses.replace(TINY, tie_word_embeddings=tied)
+  params = _params(cfg, seed=6)
+  apply = _apply(cfg)
+  tokens = _tokens(31, (3, 7))
+  at = jnp.asarray([6, 0, 3], jnp.int32)
+  full, _ = apply({"params": params}, tokens)
+  picked, cache = apply({"params": params}, tokens, None, None, at)
+  assert picked.shape == (3, 1, cfg.vocab_size) and cache is None
+  np.testing.assert_allclose(picked[:, 0], full[jnp.arange(3), at], atol=1e-6)
+  num_new = jnp.asarray([7, 2, 5], jnp.int32)
+  full_c, cache_full = apply({"params": params}, tokens, M.init_cache(cfg, 3, 12), num_new)
+  picked_c, cache_at = apply({"params": params}, tokens, M.init_cache(cfg, 3, 12), num_new, num_new - 1)
+  np.testing.assert_allclose(picked_c[:, 0], full_c[jnp.arange(3), num_new - 1], atol=1e-6)
+  for a, b in zip(jax.tree.leaves(cache_full), jax.tree.leaves(cache_at)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_right_padding_does_not_change_full_forward():
   params = _params(TINY)
   row = np.asarray(_tokens(5, (6,)))

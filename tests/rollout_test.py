@@ -153,6 +153,7 @@ def test_to_batch_layout(recorded, tokenizer):
   for b, rec in enumerate(records):
     ep = rec.episode
     n = len(ep.tokens)
+    assert batch["length_B"][b] == n
     np.testing.assert_array_equal(batch["tokens_BxL"][b, :n], ep.tokens)
     assert np.all(batch["tokens_BxL"][b, n:] == tokenizer.pad_id)
     np.testing.assert_array_equal(batch["policy_mask_BxL"][b, :n], ep.policy_mask)

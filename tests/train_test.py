@@ -27,6 +27,7 @@ OVERRIDES = {
     "data.train_split": "train[:8]",
     "sampling.max_new_tokens": 24,
     "rl.rollouts_per_round": 8, "rl.minibatch_size": 8, "rl.updates_per_round": 1,
+    "rl.score_batch_size": 0,
     "train.num_updates": 2, "train.eval_every": 100, "train.checkpoint_every": 100,
     "train.log_every": 1,
     "eval.max_problems": 2, "eval.num_rollouts_per_problem": 1,
@@ -172,3 +173,47 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_zero(tmp_path, data_dir):
 def test_sliced_split_must_name_a_real_split(data_dir):
   with pytest.raises(ValueError, match="no split 'trian"):
     train_lib.data_source(tiny_config(data_dir), "trian[:8]")
+
+
+def test_a_url_workdir_is_refused_not_turned_into_a_local_directory(tmp_path, data_dir, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match="URL workdirs are not supported yet; mount the bucket"):
+    train_lib.train(tiny_config(data_dir), "gs://bucket/run")
+  assert not (tmp_path / "gs:").exists()
+
+
+def test_scoring_by_length_chunks_equals_scoring_the_whole_round(tmp_path, data_dir):
+  """rl.score_batch_size: episodes scored a few at a time, sorted by length and padded to each
+  chunk's longest, give the whole-round log-probs and values wherever an episode has tokens."""
+  from rlef_jax import model as model_lib, ppo, sharding
+  config = tiny_config(data_dir)
+  run = train_lib.build(config, str(tmp_path))
+  try:
+    rng = np.random.default_rng(0)
+    B, L, T = 8, 320, 3
+    lengths = np.array([300, 12, 70, 150, 64, 65, 200, 5])
+    tokens = np.full((B, L), run.tokenizer.pad_id, np.int32)
+    for b, n in enumerate(lengths):
+      tokens[b, :n] = rng.integers(0, run.llama_config.vocab_size, n)
+    index = np.stack([rng.integers(0, n, T) for n in lengths]).astype(np.int32)
+    batch = {"tokens_BxL": tokens, "value_index_BxT": index, "length_B": lengths.astype(np.int32)}
+    params = sharding.init_params(run.policy_model, run.mesh, jax.random.key(0))
+    ref = sharding.init_params(run.policy_model, run.mesh, jax.random.key(1))
+    values = model_lib.value_params_from_policy(params, jax.random.key(2), run.llama_config)
+    state = ppo.TrainState(params, values, None, None, None, None)
+    fns = {"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh),
+           "value": ppo.make_value_fn(run.value_model, mesh=run.mesh)}
+    whole = train_lib.score(run, state, ref, batch, fns)
+    with config.unlocked():
+      config.rl.score_batch_size = 2
+    chunked = train_lib.score(run, state, ref, batch, fns)
+  finally:
+    run.close()
+  real = np.arange(L)[None, :] < lengths[:, None]
+  # Pairs by length: (5, 12) -> 64 positions, (64, 65) -> 128, (70, 150) -> 192, (200, 300) -> 320.
+  width = {7: 64, 1: 64, 4: 128, 5: 128, 2: 192, 3: 192, 6: 320, 0: 320}
+  for a, b in zip(whole[:2], chunked[:2]):
+    np.testing.assert_allclose(b[real], a[real], atol=1e-5)
+    for row, w in width.items():
+      assert np.all(b[row, w:] == 0) and np.any(b[row, 1:lengths[row]] != 0)  # only w computed
+  np.testing.assert_allclose(chunked[2], whole[2], atol=1e-5)

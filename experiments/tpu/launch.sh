@@ -17,7 +17,8 @@
 #   --repo URL             setup clones URL on every worker (default: copy this checkout)
 #   --branch B             branch or tag to clone with --repo (default main)
 #   --config PATH          trainer config (default configs/llama8b.py)
-#   --workdir URL          run directory, usually gs://BUCKET/PATH (required by train and all)
+#   --workdir DIR          run directory, the same path on every worker: a mounted bucket (gcsfuse)
+#                          or NFS share (required by train and all; gs:// URLs are not read yet)
 #   --worker N             worker whose log `tail` shows (default 0)
 #   --dest DIR             local directory for `metrics` (default tpu_metrics/NAME)
 #   --dry-run              print every command instead of running it
@@ -83,7 +84,8 @@ if [[ "$step" == exec && ${#train_args[@]} -eq 0 ]]; then
   die "exec needs a command after --, e.g. exec -- gsutil -m cp -r gs://BUCKET/tokenizer tokenizer"
 fi
 if [[ "$step" == train || "$step" == all ]]; then
-  [[ -n "$workdir" ]] || die "--workdir is required for $step (a gs:// path every worker can write)"
+  [[ -n "$workdir" ]] || die "--workdir is required for $step (a path every worker sees and can write)"
+  [[ "$workdir" != *://* ]] || die "--workdir $workdir: the trainer does not read URLs yet; mount the bucket on every worker (gcsfuse, see experiments/tpu/README.md) and pass the mounted path"
   [[ -f "$config" ]] || die "--config $config does not exist in this checkout"
 fi
 
