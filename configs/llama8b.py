@@ -48,6 +48,9 @@ def get_config():
   c.rl.minibatch_size = 256  # paper App. A.1
   c.rl.updates_per_round = 4  # paper App. A.1
   c.rl.behaviour_correction = True  # min(pi/pi_b, 1) correction (paper App. A.1)
+  c.rl.num_microbatches = 8  # [U] our choice, not measured: 256 = 8 x 32 episodes per gradient pass
+  # (the loss holds microbatch x L x 128k float32 logits and their gradient)
+  c.rl.logprob_chunk = 1024  # [U] our choice, not measured: logits 1024 positions at a time
   c.rl.score_batch_size = 64  # [U] our choice, not measured: score the round 64 episodes at a time
   # (each forward then holds 64 x L x 128k logits across the slice, not 1024 x L x 128k)
 

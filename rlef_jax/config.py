@@ -126,6 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
   r.rollouts_per_round = 1024  # episodes collected per round (paper App. A.1)
   r.minibatch_size = 256  # sequences per optimizer update (paper App. A.1)
   r.updates_per_round = 4  # optimizer updates per round (paper App. A.1)
+  r.num_microbatches = 1  # [U] our choice: each update's minibatch is processed in this many chunks whose gradients are summed (same result, less activation and logits memory)
+  r.logprob_chunk = 0  # [U] our choice: token log-probs (scoring and the policy loss) computed this many positions at a time under jax.checkpoint, never the full B x L x vocabulary logits; 0 = all at once
   r.score_batch_size = 0  # [U] our choice: episodes per forward pass when a round is scored (old and reference log-probs, values), sorted by length so each pass is padded to its own longest episode; 0 = the whole round in one pass
   r.advantage_norm = "batch"  # [U] our choice: "batch" (mean/std over all turns of the round) | "none"
   r.loss_aggregation = "token_mean"  # [U] our choice: policy loss averaged over all policy tokens of a minibatch ("token_mean") or per turn first ("turn_mean")
@@ -228,7 +230,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sampling.max_new_tokens": _ge(1), "sampling.max_context_length": _ge(2),
     "rl.kl_coef": _ge(0), "rl.clip_eps": _open(0, 1), "rl.value_clip": _gt(0),
     "rl.gamma": _half_open(0, 1), "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
-    "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(0), "rl.advantage_norm": _choice("batch", "none"),
+    "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(0), "rl.num_microbatches": _ge(1), "rl.logprob_chunk": _ge(0), "rl.advantage_norm": _choice("batch", "none"),
     "rl.loss_aggregation": _choice("token_mean", "turn_mean"),
     "rl.sequence_unit": _choice("episode", "turn"), "rl.kl_clamp": _ge(0),
     "optim.lr": _gt(0), "optim.value_lr": _gt(0), "optim.weight_decay": _ge(0),
@@ -357,6 +359,9 @@ def validate(config, num_devices: int | None = None) -> None:
   if rl.rollouts_per_round % rl.minibatch_size:
     raise ValueError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
                      f"of config.rl.minibatch_size ({rl.minibatch_size})")
+  if rl.minibatch_size % rl.num_microbatches:
+    raise ValueError(f"config.rl.minibatch_size ({rl.minibatch_size}) must be a multiple of "
+                     f"config.rl.num_microbatches ({rl.num_microbatches})")
   if rl.score_batch_size and rl.rollouts_per_round % rl.score_batch_size:
     raise ValueError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
                      f"of config.rl.score_batch_size ({rl.score_batch_size}), or set it to 0")
@@ -380,6 +385,11 @@ def validate(config, num_devices: int | None = None) -> None:
       if rl[name] % (data * fsdp):
         raise ValueError(f"config.rl.{name} ({rl[name]}) must be a multiple of the data-parallel "
                          f"size mesh.data * mesh.fsdp = {data * fsdp} on {num_devices} devices")
+    if (rl.minibatch_size // rl.num_microbatches) % (data * fsdp):
+      raise ValueError(f"a microbatch (config.rl.minibatch_size / num_microbatches = "
+                       f"{rl.minibatch_size // rl.num_microbatches}) must be a multiple of the "
+                       f"data-parallel size mesh.data * mesh.fsdp = {data * fsdp} on {num_devices} "
+                       "devices")
 
 
 def _check_tensor_divides(arch: dict[str, Any], tensor: int) -> None:

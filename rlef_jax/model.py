@@ -165,10 +165,13 @@ class Llama(nn.Module):
   config: LlamaConfig
 
   @nn.compact
-  def __call__(self, tokens_BxL, cache: KVCache | None = None, num_new_B=None, logits_at_B=None):
+  def __call__(self, tokens_BxL, cache: KVCache | None = None, num_new_B=None, logits_at_B=None,
+               return_hidden: bool = False):
     cfg = self.config
     _check_tokens(tokens_BxL, cache, num_new_B)
     x_BxLxD, embed, kv = layers.decoder(cfg, tokens_BxL, cache)
+    if return_hidden:  # the final normalised hidden states, for `token_logprobs` (no cache)
+      return x_BxLxD, None
     if logits_at_B is not None:
       x_BxLxD = jnp.take_along_axis(
           x_BxLxD, jnp.asarray(logits_at_B, jnp.int32)[:, None, None], axis=1)
@@ -186,6 +189,62 @@ class Llama(nn.Module):
     num_new_B = jnp.full_like(cache.lengths_B, L) if num_new_B is None else num_new_B
     new_cache = KVCache(kv[0], kv[1], cache.lengths_B + jnp.asarray(num_new_B, jnp.int32))
     return logits_BxLxV, new_cache
+
+
+def head_logits(config: LlamaConfig, params: Any, x_BxLxD: jax.Array) -> jax.Array:
+  """The LM head of `Llama` as a pure function of its params: float32 logits of hidden states."""
+  dtype = config.compute_jnp_dtype
+  if config.tie_word_embeddings:
+    table_VxD = nn.meta.unbox(params["embed"]["embedding"])  # params may be boxed (logical axes)
+    return jnp.einsum("bld,vd->blv", x_BxLxD.astype(dtype), table_VxD.astype(dtype),
+                      preferred_element_type=jnp.float32)
+  kernel_DxV = nn.meta.unbox(params["lm_head"]["kernel"])
+  return jnp.einsum("bld,dv->blv", x_BxLxD.astype(dtype), kernel_DxV.astype(dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def token_logprobs(model: "Llama", params: Any, tokens_BxL: jax.Array, chunk: int = 0
+                   ) -> tuple[jax.Array, jax.Array]:
+  """`(logp_BxL, entropy_BxL)`: log p(tokens[b, i] | tokens[b, :i]) and the entropy of the
+  distribution that predicted it; index 0 is 0.
+
+  `chunk > 0` computes the logits `chunk` positions at a time, each chunk under `jax.checkpoint`,
+  so neither the forward nor the gradient ever holds B × L × V logits (at 8B, 128k vocabulary and
+  8k tokens that is 4 GB per sequence in float32): only B × chunk × V. Same values as `chunk = 0`.
+  """
+  B, L = tokens_BxL.shape
+  zero_Bx1 = jnp.zeros((B, 1), jnp.float32)
+  if not chunk:
+    logits_BxLxV, _ = model.apply({"params": params}, tokens_BxL)
+    logp_BxL, entropy_BxL = _logp_and_entropy(logits_BxLxV[:, :-1], tokens_BxL[:, 1:])
+    return (jnp.concatenate([zero_Bx1, logp_BxL], axis=1),
+            jnp.concatenate([zero_Bx1, entropy_BxL], axis=1))
+  x_BxLxD, _ = model.apply({"params": params}, tokens_BxL, return_hidden=True)
+  n = -(-(L - 1) // chunk)
+  pad = n * chunk - (L - 1)
+  x_NxBxCxD = jnp.pad(x_BxLxD[:, :-1], ((0, 0), (0, pad), (0, 0))).reshape(
+      B, n, chunk, -1).transpose(1, 0, 2, 3)
+  targets_NxBxC = jnp.pad(tokens_BxL[:, 1:], ((0, 0), (0, pad))).reshape(B, n, chunk).transpose(1, 0, 2)
+
+  @jax.checkpoint
+  def one(x_BxCxD, targets_BxC):
+    return _logp_and_entropy(head_logits(model.config, params, x_BxCxD), targets_BxC)
+
+  _, (logp_NxBxC, entropy_NxBxC) = jax.lax.scan(
+      lambda carry, xs: (carry, one(*xs)), None, (x_NxBxCxD, targets_NxBxC))
+  unchunk = lambda a_NxBxC: a_NxBxC.transpose(1, 0, 2).reshape(B, n * chunk)[:, :L - 1]
+  return (jnp.concatenate([zero_Bx1, unchunk(logp_NxBxC)], axis=1),
+          jnp.concatenate([zero_Bx1, unchunk(entropy_NxBxC)], axis=1))
+
+
+def _logp_and_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Log-prob of `targets_BxL` under each position's logits, and the entropy there."""
+  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+  lse_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+  picked_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+  probs_BxLxV = jnp.exp(logits_BxLxV - lse_BxL[..., None])
+  entropy_BxL = lse_BxL - jnp.sum(probs_BxLxV * logits_BxLxV, axis=-1)
+  return picked_BxL - lse_BxL, entropy_BxL
 
 
 class _Backbone(nn.Module):

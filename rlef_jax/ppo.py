@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from rlef_jax import losses
+from rlef_jax import model as model_lib
 
 _MISSING = object()
 
@@ -56,6 +57,7 @@ class PPOSettings:
   advantage_norm: str = "batch"
   behaviour_correction: bool = True
   loss_aggregation: str = "token_mean"
+  logprob_chunk: int = 0
 
   @classmethod
   def from_config(cls, rl_config: Any) -> "PPOSettings":
@@ -68,6 +70,8 @@ class PPOSettings:
       raise ValueError(f"config.rl.value_clip must be > 0, got {s.value_clip}")
     if s.advantage_norm not in ("batch", "none"):
       raise ValueError(f"config.rl.advantage_norm must be 'batch' or 'none', got {s.advantage_norm!r}")
+    if s.logprob_chunk < 0:
+      raise ValueError(f"config.rl.logprob_chunk must be >= 0 (0 = off), got {s.logprob_chunk}")
     if s.loss_aggregation not in losses.AGGREGATIONS:
       raise ValueError(f"config.rl.loss_aggregation must be one of {losses.AGGREGATIONS}, "
                        f"got {s.loss_aggregation!r}")
@@ -157,7 +161,7 @@ def _under_mesh(fn: Callable, mesh: Optional[jax.sharding.Mesh]) -> Callable:
   return run
 
 
-def make_logprob_fn(model: nn.Module, mesh: Optional[jax.sharding.Mesh] = None
+def make_logprob_fn(model: nn.Module, mesh: Optional[jax.sharding.Mesh] = None, chunk: int = 0
                     ) -> Callable[[Any, jax.Array], jax.Array]:
   """Jitted `logp_BxL = fn(params, tokens_BxL)`: log p(tokens[b, i] | tokens[b, :i]), 0 at i = 0.
 
@@ -167,6 +171,8 @@ def make_logprob_fn(model: nn.Module, mesh: Optional[jax.sharding.Mesh] = None
 
   @jax.jit
   def logprobs(params, tokens_BxL):
+    if chunk:  # `chunk` positions' logits at a time (rlef_jax.model.token_logprobs)
+      return model_lib.token_logprobs(model, params, tokens_BxL, chunk)[0]
     logits_BxLxV, _ = model.apply({"params": params}, tokens_BxL)
     lse_BxL = jax.nn.logsumexp(logits_BxLxV[:, :-1], axis=-1)
     picked_BxL = jnp.take_along_axis(logits_BxLxV[:, :-1], tokens_BxL[:, 1:, None], axis=-1)[..., 0]
@@ -229,8 +235,12 @@ def _check_minibatch(batch: dict[str, Any], num_microbatches: int) -> dict[str, 
 
 def _policy_loss_fn(policy_model, s: PPOSettings):
   def loss_fn(params, mb):
-    logits_BxLxV, _ = policy_model.apply({"params": params}, mb["tokens_BxL"])
-    logp_BxL, entropy_BxL = losses.token_logp_and_entropy(logits_BxLxV, mb["tokens_BxL"])
+    if s.logprob_chunk:
+      logp_BxL, entropy_BxL = model_lib.token_logprobs(policy_model, params, mb["tokens_BxL"],
+                                                       s.logprob_chunk)
+    else:
+      logits_BxLxV, _ = policy_model.apply({"params": params}, mb["tokens_BxL"])
+      logp_BxL, entropy_BxL = losses.token_logp_and_entropy(logits_BxLxV, mb["tokens_BxL"])
     loss, metrics = losses.policy_loss(
         logp_BxL, mb["old_logp_BxL"], mb["behaviour_logp_BxL"], mb["advantages_BxL"],
         mb["token_weights_BxL"], s.clip_eps, s.behaviour_correction)

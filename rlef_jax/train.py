@@ -441,10 +441,10 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
 
     engine = rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
                                        c.env, rollout_settings(c, evaluation=False), run.mesh)
-    fns = {"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh),
+    fns = {"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh, chunk=c.rl.logprob_chunk),
            "value": ppo.make_value_fn(run.value_model, mesh=run.mesh)}
     update = ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt, c.rl,
-                                  mesh=run.mesh)
+                                  mesh=run.mesh, num_microbatches=c.rl.num_microbatches)
     writer = metrics_lib.MetricsWriter(metrics_lib.local_metrics_dir(workdir), total_steps=c.train.num_updates, resume_step=start_step,
                                        log_every=c.train.log_every,
                                        console_keys=("solve/private", "reward/task_mean", "episode/turns",

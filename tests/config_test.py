@@ -199,6 +199,15 @@ def test_validate_against_device_count():
     rc.validate(config, num_devices=3)
   config.rl.score_batch_size = 120
   rc.validate(config, num_devices=3)
+  config.rl.num_microbatches = 7
+  with pytest.raises(ValueError, match=r"minibatch_size \(240\) must be a multiple of "
+                                       r"config\.rl\.num_microbatches \(7\)"):
+    rc.validate(config, num_devices=3)
+  config.rl.num_microbatches = 48  # 5 episodes per microbatch: not a multiple of 3 devices
+  with pytest.raises(ValueError, match=r"a microbatch .* = 5\) must be a multiple of the data-parallel"):
+    rc.validate(config, num_devices=3)
+  config.rl.num_microbatches = 16  # 15 episodes each: fine
+  rc.validate(config, num_devices=3)
   with pytest.raises(ValueError, match=r"config\.rl\.minibatch_size \(240\) must be a multiple of "
                                        r"the data-parallel size mesh\.data \* mesh\.fsdp = 9"):
     rc.validate(config, num_devices=9)

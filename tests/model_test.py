@@ -204,6 +204,35 @@ def test_logits_at_positions_equal_the_full_logits_there(tied):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("tied,chunk", [(False, 4), (True, 3), (False, 64)])
+def test_chunked_token_logprobs_equal_the_full_computation(tied, chunk):
+  """`token_logprobs(chunk=...)` (logits a chunk at a time, under jax.checkpoint) gives the full
+  forward's log-probs, entropies and gradients; L - 1 = 10 is not a multiple of the chunk."""
+  cfg = dataclasses.replace(TINY, tie_word_embeddings=tied)
+  model = M.Llama(cfg)
+  params = _params(cfg, seed=8)
+  tokens = _tokens(41, (2, 11))
+  weights = jax.random.normal(jax.random.key(3), (2, 2, 11))
+
+  def objective(p, c):
+    logp, entropy = M.token_logprobs(model, p, tokens, chunk=c)
+    return jnp.sum(weights[0] * logp) + jnp.sum(weights[1] * entropy), (logp, entropy)
+
+  (want, (logp, entropy)), want_grads = jax.value_and_grad(objective, has_aux=True)(params, 0)
+  (got, (logp_c, entropy_c)), got_grads = jax.jit(
+      jax.value_and_grad(objective, has_aux=True), static_argnums=1)(params, chunk)
+  full, _ = _apply(cfg)({"params": params}, tokens)
+  lse = jax.nn.logsumexp(full[:, :-1], axis=-1)
+  picked = jnp.take_along_axis(full[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+  np.testing.assert_allclose(logp[:, 1:], picked - lse, atol=1e-5)  # the reference is the model
+  np.testing.assert_array_equal(logp_c[:, 0], 0.0)
+  np.testing.assert_allclose(logp_c, logp, atol=1e-5)
+  np.testing.assert_allclose(entropy_c, entropy, atol=1e-5)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(want_grads), jax.tree.leaves(got_grads)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)  # float32 summation order
+
+
 def test_right_padding_does_not_change_full_forward():
   params = _params(TINY)
   row = np.asarray(_tokens(5, (6,)))

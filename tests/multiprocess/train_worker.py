@@ -43,6 +43,7 @@ def tiny_config(data_dir: str, **extra):
       "sampling.max_new_tokens": 24,
       "rl.rollouts_per_round": EPISODES, "rl.minibatch_size": EPISODES, "rl.updates_per_round": 1,
       "rl.score_batch_size": 4,  # two scoring passes, by length
+      "rl.num_microbatches": 2,  # train(): each update in two gradient passes of 4
       "train.num_updates": 2, "train.eval_every": 100, "train.checkpoint_every": 100,
       "train.log_every": 1,
       "eval.max_problems": 3, "eval.num_rollouts_per_problem": 1,  # 3 and 9 episodes: uneven split
