@@ -16,7 +16,6 @@ the same samples without re-running the model.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Sequence

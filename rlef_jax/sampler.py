@@ -81,7 +81,7 @@ def _sample_B(logits_BxV, rng, temperature, top_p):
 def _generate(params, cache, new_tokens_BxL, num_new_B, active_B, rng, *, model, max_new_tokens,
               temperature, top_p, stop_ids, pad_id, mesh):
   del mesh  # only part of the compilation key: tracing under a mesh adds sharding constraints
-  B, S = new_tokens_BxL.shape[0], cache.k_NxBxSxKxDh.shape[2]
+  S = cache.k_NxBxSxKxDh.shape[2]
   T = max_new_tokens
   stop_ids_K = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
   is_stop = lambda tok_B: jnp.any(tok_B[:, None] == stop_ids_K[None, :], axis=-1)

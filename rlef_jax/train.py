@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import signal
-import sys
 import time
 from typing import Any, Optional, Sequence
 
