@@ -38,7 +38,7 @@ def get_config():
   c.rl.rollouts_per_round = 128  # larger rounds than 64 gave visibly less noisy updates on this task
   c.rl.minibatch_size = 64
   c.rl.updates_per_round = 2  # one pass over each round's rollouts, as in the paper's 4 x 256 = 1024
-  c.rl.score_batch_size = 32  # by length, 4 passes of 32: 6.0 -> 4.1 s per round (less padding)
+  c.rl.score_batch_size = 32  # by length, 4 passes of 32: scoring 6.1 -> 4.4 s per round (BUILD_NOTES runs A, B)
   c.rl.kl_coef = 1.0  # not the paper's 0.05: with 0.05 the tiny policy collapsed onto one separator within
   # ~20 updates (the geometric-mean KL of one token among ~21 is tiny), which ends exploration
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlef_jax import layers, rope
+from rlef_jax import layers, losses, rope
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -212,13 +212,11 @@ def token_logprobs(model: "Llama", params: Any, tokens_BxL: jax.Array, chunk: in
   so neither the forward nor the gradient ever holds B × L × V logits (at 8B, 128k vocabulary and
   8k tokens that is 4 GB per sequence in float32): only B × chunk × V. Same values as `chunk = 0`.
   """
-  B, L = tokens_BxL.shape
-  zero_Bx1 = jnp.zeros((B, 1), jnp.float32)
   if not chunk:
     logits_BxLxV, _ = model.apply({"params": params}, tokens_BxL)
-    logp_BxL, entropy_BxL = _logp_and_entropy(logits_BxLxV[:, :-1], tokens_BxL[:, 1:])
-    return (jnp.concatenate([zero_Bx1, logp_BxL], axis=1),
-            jnp.concatenate([zero_Bx1, entropy_BxL], axis=1))
+    return losses.token_logp_and_entropy(logits_BxLxV, tokens_BxL)
+  B, L = tokens_BxL.shape
+  zero_Bx1 = jnp.zeros((B, 1), jnp.float32)
   x_BxLxD, _ = model.apply({"params": params}, tokens_BxL, return_hidden=True)
   n = -(-(L - 1) // chunk)
   pad = n * chunk - (L - 1)
@@ -228,23 +226,13 @@ def token_logprobs(model: "Llama", params: Any, tokens_BxL: jax.Array, chunk: in
 
   @jax.checkpoint
   def one(x_BxCxD, targets_BxC):
-    return _logp_and_entropy(head_logits(model.config, params, x_BxCxD), targets_BxC)
+    return losses.logp_and_entropy(head_logits(model.config, params, x_BxCxD), targets_BxC)
 
   _, (logp_NxBxC, entropy_NxBxC) = jax.lax.scan(
       lambda carry, xs: (carry, one(*xs)), None, (x_NxBxCxD, targets_NxBxC))
   unchunk = lambda a_NxBxC: a_NxBxC.transpose(1, 0, 2).reshape(B, n * chunk)[:, :L - 1]
   return (jnp.concatenate([zero_Bx1, unchunk(logp_NxBxC)], axis=1),
           jnp.concatenate([zero_Bx1, unchunk(entropy_NxBxC)], axis=1))
-
-
-def _logp_and_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Log-prob of `targets_BxL` under each position's logits, and the entropy there."""
-  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-  lse_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-  picked_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-  probs_BxLxV = jnp.exp(logits_BxLxV - lse_BxL[..., None])
-  entropy_BxL = lse_BxL - jnp.sum(probs_BxLxV * logits_BxLxV, axis=-1)
-  return picked_BxL - lse_BxL, entropy_BxL
 
 
 class _Backbone(nn.Module):

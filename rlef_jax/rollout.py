@@ -90,7 +90,8 @@ def end_early(state: Any, max_context_length: int) -> Any:
       pending=env_lib.PENDING_FINAL_RESULT)
 
 
-def _bucket(n: int, bucket: int) -> int:
+def round_up(n: int, bucket: int) -> int:
+  """`n` rounded up to a multiple of `bucket`, at least `bucket` (padded shapes: fewer compilations)."""
   return max(bucket, -(-n // bucket) * bucket)
 
 
@@ -144,7 +145,7 @@ class RolloutEngine:
     # one chunk width (no-ops in one process).
     if not distributed.agree_max(any(active)):
       return
-    width = _bucket(max(len(c) for c in chunks), s.length_bucket)
+    width = round_up(max(len(c) for c in chunks), s.length_bucket)
     width = distributed.agree_max(min(width, s.max_context_length))
     new_BxL = np.full((group.size, width), self.tokenizer.pad_id, np.int32)
     num_new_B = np.zeros(group.size, np.int32)
@@ -264,7 +265,7 @@ class RolloutEngine:
 
 def batch_length(records: Sequence[EpisodeRecord], length_bucket: int = 128) -> int:
   """The padded length `to_batch` gives these records (several processes agree on the largest)."""
-  return _bucket(max(len(r.episode.tokens) for r in records), length_bucket)
+  return round_up(max(len(r.episode.tokens) for r in records), length_bucket)
 
 
 def to_batch(records: Sequence[EpisodeRecord], *, max_turns: int, pad_id: int,
@@ -273,8 +274,8 @@ def to_batch(records: Sequence[EpisodeRecord], *, max_turns: int, pad_id: int,
   reading of the paper's "4 updates on 256 sequences each", config.rl.sequence_unit).
 
   `min_length`: pad to at least this many positions (processes of one run pad to the same length).
-  `length_B` is each episode's token count; `turn_id_BxL` marks each policy token with its turn; `value_index_BxT` is the last prompt token
-  before each response (paper §3: the value is predicted from the last token of the prompt).
+  `length_B` is each episode's token count; `turn_id_BxL` marks each policy token with its turn;
+  `value_index_BxT` is the last prompt token before each response (paper §3: the value is predicted from the last token of the prompt).
   """
   B = len(records)
   L = max(batch_length(records, length_bucket), min_length)

@@ -265,24 +265,24 @@ def score(run: Run, state: ppo.TrainState, ref_params: Any, batch: dict, fns: di
   """
   tokens_BxL, index_BxT = batch["tokens_BxL"], batch["value_index_BxT"]
   B, L = tokens_BxL.shape
-  n = run.config.rl.score_batch_size or B
-  if n == B:
-    tokens = to_device(run, tokens_BxL)
+
+  def one_pass(tokens_np, index_np):
+    tokens = to_device(run, tokens_np)
     return (distributed.to_host(fns["logprob"](state.policy_params, tokens)),
             distributed.to_host(fns["logprob"](ref_params, tokens)),
-            distributed.to_host(fns["value"](state.value_params, tokens, to_device(run, index_BxT))))
-  lengths_B = batch["length_B"]
-  order = np.argsort(lengths_B, kind="stable")
+            distributed.to_host(fns["value"](state.value_params, tokens, to_device(run, index_np))))
+
+  n = run.config.rl.score_batch_size or B
+  if n == B:
+    return one_pass(tokens_BxL, index_BxT)
+  order = np.argsort(batch["length_B"], kind="stable")
   old_logp, ref_logp = np.zeros((B, L), np.float32), np.zeros((B, L), np.float32)
   old_values = np.zeros(index_BxT.shape, np.float32)
   for start in range(0, B, n):
     rows = order[start:start + n]
-    width = min(L, max(64, -(-int(lengths_B[rows].max()) // 64) * 64))
-    tokens = to_device(run, tokens_BxL[rows, :width])
-    old_logp[rows, :width] = distributed.to_host(fns["logprob"](state.policy_params, tokens))
-    ref_logp[rows, :width] = distributed.to_host(fns["logprob"](ref_params, tokens))
-    old_values[rows] = distributed.to_host(
-        fns["value"](state.value_params, tokens, to_device(run, index_BxT[rows])))
+    width = min(L, rollout_lib.round_up(int(batch["length_B"][rows].max()), 64))
+    old_logp[rows, :width], ref_logp[rows, :width], old_values[rows] = one_pass(
+        tokens_BxL[rows, :width], index_BxT[rows])
   return old_logp, ref_logp, old_values
 
 
