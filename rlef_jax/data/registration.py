@@ -14,12 +14,17 @@ import importlib.util
 import sys
 
 TFDS_MODULE = "tensorflow_datasets"
-BUILDERS_MODULE = "rlef_jax.data.builders"
+# The modules defining the builder classes (a class registers itself with TFDS when it is defined).
+BUILDER_MODULES = ("rlef_jax.data.code_contests", "rlef_jax.data.evalplus", "rlef_jax.data.synthetic")
 
 
 def register_builders() -> None:
-    """Imports the builder classes (idempotent: a module body runs once per process)."""
-    importlib.import_module(BUILDERS_MODULE)
+    """Imports the builder modules not imported yet. One already in `sys.modules` is done or still
+    running its body (TFDS was imported *by* it, e.g. `import rlef_jax.data.synthetic` first): it
+    defines, so registers, its builder itself; importing it again here would be a circular import."""
+    for name in BUILDER_MODULES:
+        if name not in sys.modules:
+            importlib.import_module(name)
 
 
 class _RegisterAfterLoad(importlib.abc.Loader):
