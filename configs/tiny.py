@@ -58,5 +58,8 @@ def get_config():
   c.warmstart.steps = 150  # the loss is at its floor (the separator's entropy) by ~150 steps
   c.warmstart.lr = 3e-4
   c.warmstart.batch_size = 32
-  c.warmstart.dialogue_turns = 3  # feedback-blind multi-turn format (see rlef_jax/warmstart.py)
+  c.warmstart.dialogue_turns = 3  # multi-turn format (see rlef_jax/warmstart.py)
+  c.warmstart.feedback_fraction = 0.5  # half the answers after feedback follow it: a weak starting skill
+  # to make reliable, like the paper's Instruct models (feedback-blind, 0.0, RL found the skill late or
+  # not at all within 100 updates: BUILD_NOTES "The tiny run")
   return c

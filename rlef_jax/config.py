@@ -171,6 +171,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmstart.lr = 3e-4  # warm-start AdamW learning rate
   c.warmstart.batch_size = 32  # warm-start sequences per step
   c.warmstart.dialogue_turns = 1  # 1: statement -> solution; n > 1 (synthetic only): feedback-blind dialogues of up to n turns (rlef_jax/warmstart.py)
+  c.warmstart.feedback_fraction = 0.0  # share of feedback-following final answers in those dialogues (0 = feedback-blind; rlef_jax/warmstart.py)
   c.warmstart.num_dialogues = 2048  # feedback-blind dialogues built once when dialogue_turns > 1
   return c
 
@@ -201,6 +202,10 @@ def _open(lo: float, hi: float) -> tuple[Callable[[Any], bool], str]:
 
 def _half_open(lo: float, hi: float) -> tuple[Callable[[Any], bool], str]:
   return (lambda v: lo < v <= hi), f"in ({lo}, {hi}]"
+
+
+def _closed(lo: float, hi: float) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: lo <= v <= hi), f"in [{lo}, {hi}]"
 
 
 _NONEMPTY = ((lambda v: bool(v)), "a non-empty string")
@@ -245,6 +250,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.max_problems": _ge(0),
     "warmstart.steps": _ge(0), "warmstart.lr": _gt(0), "warmstart.batch_size": _ge(1),
     "warmstart.dialogue_turns": _ge(1), "warmstart.num_dialogues": _ge(1),
+    "warmstart.feedback_fraction": _closed(0.0, 1.0),
 }
 
 

@@ -203,14 +203,15 @@ def reference_params(run: Run, rng: jax.Array) -> Any:
   if c.warmstart.enabled:
     problems = _problem_stream(run, seed=c.data.seed + 1)
     form = ("statement -> solution, single turn" if c.warmstart.dialogue_turns == 1 else
-            f"feedback-blind dialogues of up to {c.warmstart.dialogue_turns} turns")
+            f"dialogues of up to {c.warmstart.dialogue_turns} turns, feedback-following final answers: "
+            f"{c.warmstart.feedback_fraction:.0%}")
     print(f"[warmstart] {c.warmstart.steps} supervised steps ({form})", flush=True)
     params = warmstart_lib.run(
         params, run.policy_model, problems, run.tokenizer, env_config=c.env, steps=c.warmstart.steps,
         lr=c.warmstart.lr, batch_size=c.warmstart.batch_size,
         context_length=c.sampling.max_context_length, seed=c.train.seed,
         dialogue_turns=c.warmstart.dialogue_turns, pool=run.pool,
-        num_dialogues=c.warmstart.num_dialogues,
+        num_dialogues=c.warmstart.num_dialogues, feedback_fraction=c.warmstart.feedback_fraction,
         log=lambda step, m: print(f"[warmstart] step {step}: " + ", ".join(
             f"{k.split('/')[-1]} {v:.4g}" for k, v in m.items()), flush=True))
   checkpoint_lib.save_params(ref_dir, params, metadata={"what": "initial policy (KL reference)"})
@@ -394,6 +395,36 @@ class _Stop:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _run_rngs(c: Any) -> tuple[jax.Array, ...]:
+  """(init, value, eval, train) keys of a run: the initial policy's key is the warm start's too."""
+  return tuple(jax.random.split(jax.random.key(c.train.seed), 4))
+
+
+def warmstart_main(argv: Sequence[str]) -> None:
+  """`python -m rlef_jax.warmstart`: the warm-start phase alone; writes WORKDIR/reference_params, which
+  `rlef_jax.train` on the same workdir then starts RL from (and `rlef_jax.evaluate
+  --checkpoint=warmstart` evaluates)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  c, workdir = _CONFIG.value, _WORKDIR.value
+  if workdir is None:
+    raise app.UsageError("--workdir is required")
+  check_workdir(workdir)
+  if os.path.exists(os.path.join(workdir, REFERENCE_DIR)):
+    print(f"[warmstart] {workdir}/{REFERENCE_DIR} exists already; nothing to do", flush=True)
+    return
+  os.makedirs(workdir, exist_ok=True)
+  distributed.initialize(c)
+  run = build(c, workdir)
+  try:
+    reference_params(run, _run_rngs(c)[0])
+    print(f"[warmstart] wrote {workdir}/{REFERENCE_DIR}", flush=True)
+  finally:
+    run.close()
+
+
 def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None) -> dict:
   """Runs (or resumes) training; returns the final evaluation summaries. `stop_after_updates` stops
   early at a round boundary with a checkpoint, as a SIGTERM would (used by the resume test)."""
@@ -405,8 +436,7 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
   run = build(config, workdir)
   c = config
   try:
-    rng = jax.random.key(c.train.seed)
-    init_rng, value_rng, eval_rng, train_rng = jax.random.split(rng, 4)
+    init_rng, value_rng, eval_rng, train_rng = _run_rngs(c)
     ref_params = reference_params(run, init_rng)
 
     policy_opt, value_opt = ppo.make_optimizers(c.optim, total_steps=c.train.num_updates)

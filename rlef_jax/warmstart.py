@@ -3,8 +3,9 @@
 The paper starts RL from Llama 3.x Instruct, which already answers in fenced Python code (paper §3,
 "no SFT warm-start"). A tiny random model cannot, so `configs/tiny.py` first fine-tunes it on single-turn
 dialogues: the initial user prompt (the real CodeContests template) followed by one of the problem's
-reference `solutions` as the assistant response. Whatever the model learns about *using* feedback must
-come from RLEF, so the warm start never contains a target that depends on a feedback message.
+reference `solutions` as the assistant response. By default whatever the model learns about *using*
+feedback must come from RLEF, so the warm start contains no target that depends on a feedback message
+(but see `feedback_fraction` below).
 
 Two forms (`config.warmstart.dialogue_turns`):
 * 1: statement → solution, single turn.
@@ -16,8 +17,13 @@ Two forms (`config.warmstart.dialogue_turns`):
   reading the feedback: its multi-turn 1@3 stays at the feedback-blind level. We use this for the
   tiny model because after a single-turn warm start it answered a feedback message with code in only
   ~1/3 of turns, and RL then spends its budget re-learning the format.
+  `warmstart.feedback_fraction` f > 0 makes the model *partly* feedback-aware: with probability f the
+  last answer of a dialogue with feedback is the correct program (the separator the feedback message
+  shows). This stands in for the paper's starting point, an Instruct model that already uses feedback
+  somewhat but unreliably; RLEF must then make it reliable.
 
   python -m rlef_jax.warmstart --config=configs/tiny.py --workdir=DIR   (train runs it on its own too)
+  python -m rlef_jax.evaluate --config=configs/tiny.py --workdir=DIR --checkpoint=warmstart
 """
 from __future__ import annotations
 
@@ -40,9 +46,14 @@ def sft_example(problem: Any, solution: str, tokenizer: Any, env_config: Any) ->
 
 
 def feedback_blind_dialogues(problems: Sequence[tuple[Any, dict]], tokenizer: Any, env_config: Any,
-                             pool: Any, *, max_turns: int, seed: int) -> list[tuple[list[int], int]]:
+                             pool: Any, *, max_turns: int, seed: int, feedback_fraction: float = 0.0
+                             ) -> list[tuple[list[int], int]]:
   """Multi-turn warm-start examples (see the module docstring): (token ids, index of the first token
-  of the final response). `problems` holds (Problem, synthetic record) pairs."""
+  of the final response). `problems` holds (Problem, synthetic record) pairs. With
+  `feedback_fraction` f > 0, the final answer of a dialogue that has a feedback message is, with
+  probability f, the correct program (the separator the feedback shows) instead of a blind draw."""
+  if not 0.0 <= feedback_fraction <= 1.0:
+    raise ValueError(f"feedback_fraction must be in [0, 1], got {feedback_fraction}")
   from rlef_jax import synthetic  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   states, wrong = [], []
@@ -65,8 +76,12 @@ def feedback_blind_dialogues(problems: Sequence[tuple[Any, dict]], tokenizer: An
       state, turns = states[i]
       states[i] = (env_lib.on_public_result(state, future.result()), turns)
   examples = []
-  for (state, _), (_, record) in zip(states, problems):
-    target = synthetic.statement_programs(record["description"])[rng.integers(len(synthetic.SEPARATORS))]
+  coins = np.random.default_rng([seed, 1])  # its own stream: the blind draws stay the same for any f
+  for (state, turns), (_, record) in zip(states, problems):
+    choices = synthetic.statement_programs(record["description"])
+    target = choices[rng.integers(len(synthetic.SEPARATORS))]
+    if turns > 1 and not state.done and coins.random() < feedback_fraction:
+      target = choices[synthetic.SEPARATORS.index(synthetic.separator_of(record))]
     prompt = list(state.tokens)
     examples.append((prompt + tokenizer.encode(f"```python\n{target}\n```") + [tokenizer.eot_id],
                      len(prompt)))
@@ -110,6 +125,7 @@ def make_sft_step(model: Any, optimizer: optax.GradientTransformation) -> Callab
 def run(params: Any, model: Any, problems: Iterator[Any], tokenizer: Any, *, env_config: Any,
         steps: int, lr: float, batch_size: int, context_length: int, seed: int,
         dialogue_turns: int = 1, pool: Any = None, num_dialogues: int = 2048,
+        feedback_fraction: float = 0.0,
         log: Callable[[int, dict[str, float]], None] | None = None) -> Any:
   """`steps` AdamW steps (linear warm-up over the first 10%, then cosine decay). `problems` yields
   (Problem, record) pairs. With `dialogue_turns == 1` each example is one problem with a random
@@ -126,7 +142,8 @@ def run(params: Any, model: Any, problems: Iterator[Any], tokenizer: Any, *, env
     if pool is None:
       raise ValueError("a multi-turn warm start needs the execution pool for its feedback messages")
     dialogues = feedback_blind_dialogues([next(problems) for _ in range(num_dialogues)], tokenizer,
-                                         env_config, pool, max_turns=dialogue_turns, seed=seed)
+                                         env_config, pool, max_turns=dialogue_turns, seed=seed,
+                                         feedback_fraction=feedback_fraction)
   for step in range(steps):
     if dialogues is not None:
       examples = [dialogues[i] for i in rng.integers(len(dialogues), size=batch_size)]
@@ -143,3 +160,10 @@ def run(params: Any, model: Any, problems: Iterator[Any], tokenizer: Any, *, env
     if log is not None and (step % 20 == 0 or step == steps - 1):
       log(step, {"warmstart/loss": float(loss), "warmstart/seconds": time.perf_counter() - start})
   return params
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from rlef_jax import train as _train  # defines the shared flags
+  flags.mark_flag_as_required("config")
+  app.run(_train.warmstart_main)

@@ -128,3 +128,23 @@ def test_evaluate_command_without_checkpoint_is_a_clear_error(tmp_path_factory):
                         timeout=300)
   assert proc.returncode != 0
   assert "no train checkpoint" in proc.stderr and "--checkpoint" in proc.stderr
+
+
+def test_warmstart_command_then_evaluate_the_warm_start(tmp_path_factory):
+  data_dir = tmp_path_factory.getbasetemp() / "tfds"
+  workdir = tmp_path_factory.mktemp("warmstart")
+  flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "data.data_dir": data_dir}.items()]
+  warm = [sys.executable, "-m", "rlef_jax.warmstart", "--config=configs/tiny.py", f"--workdir={workdir}",
+          *flags]
+  proc = subprocess.run(warm, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "[warmstart] step 1:" in proc.stdout and "[warmstart] wrote" in proc.stdout
+  assert (workdir / "reference_params").is_dir()
+  proc = subprocess.run([sys.executable, "-m", "rlef_jax.evaluate", "--config=configs/tiny.py",
+                         f"--workdir={workdir}", "--checkpoint=warmstart", "--split=test", *flags],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  summary = json.loads((workdir / "eval" / "evaluate_reference_test.json").read_text())
+  assert summary["multi_turn_1at3"]["episodes"] == OVERRIDES["eval.max_problems"]
+  proc = subprocess.run(warm, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and "exists already" in proc.stdout, proc.stdout + proc.stderr

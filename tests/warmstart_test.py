@@ -63,7 +63,6 @@ def test_loss_mask_covers_exactly_the_response(tokenizer, pairs):
     warmstart.make_batch(examples, tokenizer.pad_id, 16)
 
 
-@pytest.mark.skipif(not hasattr(warmstart, "feedback_blind_dialogues"), reason="single-turn only")
 def test_multi_turn_dialogues_train_only_the_final_response(tokenizer, records, pairs):
   from rlef_jax.execution import ExecutionPool
   env_config = env_lib.default_env_config()
@@ -79,6 +78,40 @@ def test_multi_turn_dialogues_train_only_the_final_response(tokenizer, records, 
     target = tokenizer.decode(ids[start:])
     assert target.startswith("```python\n") and ids[-1] == tokenizer.eot_id
     assert tokenizer.eot_id not in ids[start:-1]  # exactly one response is a target
+
+
+def test_feedback_fraction_sets_how_often_the_final_answer_follows_the_feedback(tokenizer):
+  from rlef_jax.execution import ExecutionPool
+  records = synthetic.generate_problems(24, seed=5)
+  pairs = [(env_lib.Problem.from_record("synthetic", r), r) for r in records]
+  env_config = env_lib.default_env_config()
+  env_config.default_time_s = 2.0
+  header = tokenizer.assistant_header()
+  with ExecutionPool(workers=2) as pool:
+    make = lambda **kw: warmstart.feedback_blind_dialogues(pairs, tokenizer, env_config, pool,
+                                                           max_turns=3, seed=3, **kw)
+    blind, default, following = make(feedback_fraction=0.0), make(), make(feedback_fraction=1.0)
+    with pytest.raises(ValueError, match="feedback_fraction"):
+      make(feedback_fraction=1.5)
+  assert blind == default  # 0 is the default and draws nothing extra: earlier runs are reproducible
+
+  def answer(ids, start):
+    return synthetic.separator_in_program(tokenizer.decode(ids[start:]).split("```python\n")[1].split("\n```")[0])
+
+  with_feedback = 0
+  for (_, record), (ids, start), (ids0, start0) in zip(pairs, following, blind):
+    assert ids[:start] == ids0[:start0]  # the same dialogue; only the final answer may differ
+    had_feedback = sum(ids[i:i + len(header)] == header for i in range(start)) > 1
+    if had_feedback:
+      with_feedback += 1
+      assert answer(ids, start) == synthetic.separator_of(record)
+    else:
+      assert answer(ids, start) == answer(ids0, start0)  # a first turn stays a blind draw
+  assert 0 < with_feedback < len(pairs)
+  # Feedback-blind answers ignore the feedback: over the dialogues with feedback, they rarely match.
+  matches = sum(answer(i, s) == synthetic.separator_of(r) for (_, r), (i, s) in zip(pairs, blind)
+                if sum(i[k:k + len(header)] == header for k in range(s)) > 1)
+  assert matches < with_feedback
 
 
 def test_sft_loss_is_the_mean_response_cross_entropy(tokenizer, pairs, model, params):
