@@ -371,6 +371,10 @@ def validate(config, num_devices: int | None = None) -> None:
   if rl.score_batch_size and rl.rollouts_per_round % rl.score_batch_size:
     raise ValueError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
                      f"of config.rl.score_batch_size ({rl.score_batch_size}), or set it to 0")
+  if config.train.num_updates % rl.updates_per_round:
+    raise ValueError(f"config.train.num_updates ({config.train.num_updates}) must be a multiple of "
+                     f"config.rl.updates_per_round ({rl.updates_per_round}): a round makes all its "
+                     "updates, so the run would overshoot")
   if config.warmstart.enabled and config.warmstart.steps < 1:
     raise ValueError("config.warmstart.steps must be >= 1 when config.warmstart.enabled is True")
   if config.warmstart.dialogue_turns > 1 and config.data.name != "synthetic":

@@ -169,6 +169,10 @@ def _set(path, value):
     (_set("env.success_reward", -2.0), r"config\.env\.success_reward \(-2\.0\) must exceed"),
     (_set("model.preset", "custom"), r"config\.model\.preset='custom' needs every architecture "
                                      r"field; set config\.model\.vocab_size"),
+    (_set("train.num_updates", 12002), r"config\.train\.num_updates \(12002\) must be a multiple "
+                                       r"of config\.rl\.updates_per_round \(4\)"),
+    (_set("warmstart.feedback_fraction", 1.5), r"config\.warmstart\.feedback_fraction must be in "
+                                               r"\[0\.0, 1\.0\], got 1\.5"),
     (_set("model.rope_scaling", ml_collections.ConfigDict({"factor": 8.0})),
      r"config\.model\.rope_scaling must have exactly the fields"),
 ])
