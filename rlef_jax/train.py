@@ -395,6 +395,18 @@ class _Stop:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _command_args(argv: Sequence[str]) -> tuple[Any, str]:
+  """(config, workdir) of the train / evaluate / warmstart commands, after checking the command line."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required")
+  check_workdir(_WORKDIR.value)
+  return _CONFIG.value, _WORKDIR.value
+
+
 def _run_rngs(c: Any) -> tuple[jax.Array, ...]:
   """(init, value, eval, train) keys of a run: the initial policy's key is the warm start's too."""
   return tuple(jax.random.split(jax.random.key(c.train.seed), 4))
@@ -404,14 +416,7 @@ def warmstart_main(argv: Sequence[str]) -> None:
   """`python -m rlef_jax.warmstart`: the warm-start phase alone; writes WORKDIR/reference_params, which
   `rlef_jax.train` on the same workdir then starts RL from (and `rlef_jax.evaluate
   --checkpoint=warmstart` evaluates)."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  c, workdir = _CONFIG.value, _WORKDIR.value
-  if workdir is None:
-    raise app.UsageError("--workdir is required")
-  check_workdir(workdir)
+  c, workdir = _command_args(argv)
   if os.path.exists(os.path.join(workdir, REFERENCE_DIR)):
     print(f"[warmstart] {workdir}/{REFERENCE_DIR} exists already; nothing to do", flush=True)
     return
@@ -556,13 +561,7 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
 
 def evaluate_main(argv: Sequence[str]) -> None:
   """`python -m rlef_jax.evaluate`: evaluate a checkpoint of a workdir on a split."""
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  c, workdir = _CONFIG.value, _WORKDIR.value
-  if workdir is None:
-    raise app.UsageError("--workdir is required")
-  check_workdir(workdir)
+  c, workdir = _command_args(argv)
   distributed.initialize(c)
   run = build(c, workdir)
   try:
@@ -596,15 +595,9 @@ def evaluate_main(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
-  config = _CONFIG.value
+  config, workdir = _command_args(argv)
   distributed.initialize(config)
-  train(config, _WORKDIR.value)
+  train(config, workdir)
 
 
 if __name__ == "__main__":

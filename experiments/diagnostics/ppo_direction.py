@@ -7,7 +7,7 @@ separator '-', else -1; after each round of two updates the share of '-' answers
 """
 import sys
 import dataclasses, numpy as np, jax, jax.numpy as jnp
-from rlef_jax import train as T, rollout, ppo, model as model_lib, checkpoint, sharding, synthetic, env as env_lib
+from rlef_jax import train as T, rollout, ppo, model as model_lib, synthetic, env as env_lib
 from configs import tiny
 from absl import flags
 flags.FLAGS(["x"])
