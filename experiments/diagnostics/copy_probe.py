@@ -8,7 +8,7 @@ fraction of held-out dialogues whose separator the model predicts (greedy, teach
 """
 import time, sys, numpy as np, jax, jax.numpy as jnp, optax, dataclasses
 import flax.linen as nn
-from rlef_jax import warmstart as ws, synthetic, env as env_lib, config as config_lib, model as model_lib, checkpoint
+from rlef_jax import warmstart as ws, synthetic, env as env_lib, config as config_lib, model as model_lib
 from rlef_jax.tokenizer import ChatTokenizer
 from rlef_jax.execution import ExecutionPool
 from configs import tiny
