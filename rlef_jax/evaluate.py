@@ -102,10 +102,11 @@ def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.Rollou
   outcomes = mt
   if engine_st is not None:
     st_problems = [p for p in problems for _ in range(3 * num_rollouts)]
-    st, _ = run_split(engine_st, params, st_problems, jax.random.fold_in(rng, 1))
+    st, st_stats = run_split(engine_st, params, st_problems, jax.random.fold_in(rng, 1))
     st = [dict(o, mode="single_turn") for o in st]
     summary["single_turn_pass1"] = _summary([o["solved"] for o in st], seed)
     summary["single_turn_1at3"] = _summary(single_turn_one_at_three(st), seed)
+    summary["single_turn_rollout_seconds"] = st_stats.seconds
     outcomes = mt + st
   return summary, outcomes
 

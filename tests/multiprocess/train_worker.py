@@ -47,6 +47,7 @@ def tiny_config(data_dir: str, **extra):
       "train.num_updates": 2, "train.eval_every": 100, "train.checkpoint_every": 100,
       "train.log_every": 1,
       "eval.max_problems": 3, "eval.num_rollouts_per_problem": 1,  # 3 and 9 episodes: uneven split
+      "eval.single_turn": True,
       "warmstart.enabled": False,
       "execution.workers": 1,
       "distributed.initialization_timeout_s": 60,
