@@ -6,7 +6,7 @@ updates, log, evaluate, checkpoint} → final checkpoint and evaluation.
 
 A round collects `rl.rollouts_per_round` episodes with the current policy, computes per-turn rewards
 with the KL penalty to the frozen initial policy, returns, values and advantages once for the whole
-round, then makes `rl.updates_per_round` updates of `rl.minibatch_size` episodes. The step counter
+round (`rlef_jax.round_batch`), then makes `rl.updates_per_round` updates of `rl.minibatch_size` episodes. The step counter
 counts updates (paper: 12,000 updates for 8B). Checkpoints hold both models' params and optimizer
 states, the step, the RNG and the data iterator's state, and are written at round boundaries; a run
 restarted with the same workdir resumes from the latest one. SIGTERM finishes the current round, writes
@@ -38,6 +38,7 @@ from rlef_jax import metrics as metrics_lib
 from rlef_jax import model as model_lib
 from rlef_jax import ppo
 from rlef_jax import rollout as rollout_lib
+from rlef_jax import round_batch
 from rlef_jax import sharding
 from rlef_jax import warmstart as warmstart_lib
 
@@ -229,121 +230,7 @@ def _problem_stream(run: Run, seed: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# One round
-
-
-def episode_arrays(records: Sequence[rollout_lib.EpisodeRecord], max_turns: int) -> dict:
-  """Per-episode outcomes as arrays (gathered across processes with the batch, for the metrics)."""
-  B = len(records)
-  out = {"solved_B": np.zeros(B), "truncated_B": np.zeros(B),
-         "public_passed_BxT": np.zeros((B, max_turns)), "valid_code_BxT": np.zeros((B, max_turns))}
-  for b, rec in enumerate(records):
-    ep = rec.episode
-    out["solved_B"][b] = float(ep.solved)
-    out["truncated_B"][b] = float(rec.truncated)
-    for t, turn in enumerate(ep.turns):
-      out["public_passed_BxT"][b, t] = float(env_lib.public_passed(ep.problem, turn.public_result))
-      out["valid_code_BxT"][b, t] = float(turn.valid)
-  return out
-
-
-def to_device(run: Run, x: np.ndarray) -> jax.Array:
-  """A host array that every process holds whole, as an input of the jitted functions: batch rows
-  over the mesh's data axes, each process placing its own (in one process: `jnp.asarray`)."""
-  if not distributed.is_multiprocess():
-    return jnp.asarray(x)
-  return distributed.from_host(x, sharding.data_sharding(run.mesh, np.ndim(x)))
-
-
-def score(run: Run, state: ppo.TrainState, ref_params: Any, batch: dict, fns: dict
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Log-probs of the round's tokens under the current policy (π_θold) and the reference ρ, and the
-  values at each turn's last prompt token: host arrays `[B, L]`, `[B, L]`, `[B, T]`.
-
-  With `rl.score_batch_size = n > 0` the episodes are scored n at a time in order of length, each
-  pass padded only to its own longest episode (rounded up to 64 tokens): less padding to compute
-  and a smaller peak (the forward holds n × L × vocabulary logits).
-  """
-  tokens_BxL, index_BxT = batch["tokens_BxL"], batch["value_index_BxT"]
-  B, L = tokens_BxL.shape
-
-  def one_pass(tokens_np, index_np):
-    tokens = to_device(run, tokens_np)
-    return (distributed.to_host(fns["logprob"](state.policy_params, tokens)),
-            distributed.to_host(fns["logprob"](ref_params, tokens)),
-            distributed.to_host(fns["value"](state.value_params, tokens, to_device(run, index_np))))
-
-  n = run.config.rl.score_batch_size or B
-  if n == B:
-    return one_pass(tokens_BxL, index_BxT)
-  order = np.argsort(batch["length_B"], kind="stable")
-  old_logp, ref_logp = np.zeros((B, L), np.float32), np.zeros((B, L), np.float32)
-  old_values = np.zeros(index_BxT.shape, np.float32)
-  for start in range(0, B, n):
-    rows = order[start:start + n]
-    width = min(L, rollout_lib.round_up(int(batch["length_B"][rows].max()), 64))
-    old_logp[rows, :width], ref_logp[rows, :width], old_values[rows] = one_pass(
-        tokens_BxL[rows, :width], index_BxT[rows])
-  return old_logp, ref_logp, old_values
-
-
-def make_round_batch(run: Run, state: ppo.TrainState, ref_params: Any,
-                     records: Sequence[rollout_lib.EpisodeRecord], fns: dict) -> tuple[dict, dict]:
-  """Training arrays for a round: old / reference log-probs, values and the per-turn targets.
-
-  With several processes, `records` are this process's episodes; the batch (and so the advantage
-  normalisation and the metrics) covers every process's episodes, in process order, and every
-  process returns the same arrays.
-  """
-  c = run.config
-  local = rollout_lib.to_batch(records, max_turns=c.env.max_turns, pad_id=run.tokenizer.pad_id,
-                               min_length=distributed.agree_max(rollout_lib.batch_length(records)))
-  local.update(episode_arrays(records, c.env.max_turns))
-  batch = {key: distributed.allgather(value) for key, value in local.items()}
-  B = batch["tokens_BxL"].shape[0]
-  old_logp, ref_logp, old_values = score(run, state, ref_params, batch, fns)
-  policy_mask = batch["policy_mask_BxL"]
-  targets = ppo.compute_turn_targets(
-      to_device(run, batch["task_rewards_BxT"]), to_device(run, old_logp * policy_mask),
-      to_device(run, ref_logp * policy_mask), to_device(run, batch["turn_id_BxL"]),
-      to_device(run, batch["turn_mask_BxT"]), to_device(run, old_values), c.rl)
-  targets = {key: distributed.to_host(value) for key, value in targets.items()}
-  batch.update(old_logp_BxL=old_logp, old_values_BxT=old_values,
-               advantages_BxT=targets["advantages_BxT"], returns_BxT=targets["returns_BxT"])
-  turn_mask = batch["turn_mask_BxT"]
-  turns = max(np.sum(turn_mask), 1)
-  mask = batch["policy_mask_BxL"]
-  public = batch["public_passed_BxT"] * turn_mask
-  metrics = {
-      "reward/task_mean": float(np.sum(batch["task_rewards_BxT"]) / B),
-      "reward/total_mean": float(np.sum(targets["rewards_BxT"] * turn_mask) / B),
-      "reward/return_mean": float(np.sum(batch["returns_BxT"][:, 0]) / B),
-      "solve/private": float(np.mean(batch["solved_B"])),
-      "solve/public": float(np.mean(np.max(public, axis=1))),
-      "episode/turns": float(np.sum(turn_mask) / B),
-      # Repair rate: how often turn t passes the public tests when it is reached (t > 1 follows a
-      # failure and its feedback, so this is the direct measure of using the feedback).
-      **{f"solve/public_at_turn{t + 1}": float(np.sum(public[:, t]) / np.sum(turn_mask[:, t]))
-         if np.sum(turn_mask[:, t]) else float("nan") for t in range(c.env.max_turns)},
-      "episode/valid_code": float(np.sum(batch["valid_code_BxT"] * turn_mask) / turns),
-      "episode/truncated": float(np.mean(batch["truncated_B"])),
-      "episode/response_tokens": float(np.sum(mask) / turns),
-      "kl/turn_mean": float(np.sum(targets["kl_BxT"] * turn_mask) / turns),
-      "value/mean": float(np.sum(batch["old_values_BxT"] * turn_mask) / turns),
-      "logp/sampler_vs_trainer_abs_diff": float(
-          np.sum(np.abs(batch["old_logp_BxL"] - batch["behaviour_logp_BxL"]) * mask) / max(np.sum(mask), 1)),
-  }
-  return batch, metrics
-
-
-def on_mesh(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-  """Every leaf on the mesh: sharded leaves stay, the rest (step, RNG, optimizer counts, the fresh
-  value head: made on one device) are replicated. Jitted calls under the mesh reject a mix, and a
-  resumed state is then placed exactly like a fresh one."""
-  replicated = sharding.replicated(mesh)
-  return jax.tree.map(
-      lambda x: x if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
-      else distributed.replicate(x, replicated), tree)
+# Data order across processes
 
 
 def _iterator_states(iterator) -> list:
@@ -449,7 +336,7 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
     # The update donates the state, so the policy must not share buffers with the frozen reference.
     policy_params = jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
     state = ppo.init_train_state(policy_params, value_params, policy_opt, value_opt, train_rng)
-    state = on_mesh(state, run.mesh)
+    state = round_batch.on_mesh(state, run.mesh)
 
     iterator = pipeline.make_iterator(
         data_source(c, c.data.train_split), seed=c.data.seed, shuffle=c.data.shuffle,
@@ -498,11 +385,11 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
         problems = _round_problems(run, iterator, local_rollouts)
         records, stats = engine.run(state.policy_params, problems, round_rng)
       with timers("score"):
-        batch, round_metrics = make_round_batch(run, state, ref_params, records, fns)
+        batch, round_metrics = round_batch.make_round_batch(run, state, ref_params, records, fns)
       with timers("update"):
         # Minibatches walk through a fresh permutation of the round's episodes per pass (the paper's
         # 4 x 256 = 1024 is one pass; more updates than that make further passes).
-        # Every process holds the whole round (make_round_batch) and draws the same minibatches.
+        # Every process holds the whole round (round_batch) and draws the same minibatches.
         episodes = batch["tokens_BxL"].shape[0]
         per_pass = episodes // c.rl.minibatch_size
         update_metrics = []
@@ -511,7 +398,7 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
             order = distributed.to_host(jax.random.permutation(
                 jax.random.fold_in(jax.random.fold_in(round_rng, 1), k // per_pass), episodes))
           rows = order[(k % per_pass) * c.rl.minibatch_size:(k % per_pass + 1) * c.rl.minibatch_size]
-          minibatch = {key: to_device(run, batch[key][rows]) for key in ppo.MINIBATCH_KEYS}
+          minibatch = {key: round_batch.to_device(run, batch[key][rows]) for key in ppo.MINIBATCH_KEYS}
           state, m = update(state, minibatch)
           update_metrics.append(m)
           step += 1

@@ -3,7 +3,6 @@ logged metrics (peers.md "Resume"; issue #5)."""
 
 import importlib.util
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from rlef_jax import metrics as metrics_lib
+from rlef_jax import round_batch
 from rlef_jax import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -203,10 +203,10 @@ def test_scoring_by_length_chunks_equals_scoring_the_whole_round(tmp_path, data_
     state = ppo.TrainState(params, values, None, None, None, None)
     fns = {"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh),
            "value": ppo.make_value_fn(run.value_model, mesh=run.mesh)}
-    whole = train_lib.score(run, state, ref, batch, fns)
+    whole = round_batch.score(run, state, ref, batch, fns)
     with config.unlocked():
       config.rl.score_batch_size = 2
-    chunked = train_lib.score(run, state, ref, batch, fns)
+    chunked = round_batch.score(run, state, ref, batch, fns)
   finally:
     run.close()
   real = np.arange(L)[None, :] < lengths[:, None]

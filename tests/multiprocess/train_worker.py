@@ -2,7 +2,7 @@
 
 `--part round`: one RLEF round on a tiny Llama, the way `rlef_jax.train` runs it: this process rolls
 out its block of 8 fixed synthetic problems (all 8 in one process, 4 each in two) with the real
-sampler, environment and execution pool, `train.make_round_batch` gathers the round, and one PPO
+sampler, environment and execution pool, `round_batch.make_round_batch` gathers the round, and one PPO
 update runs on all 8 episodes. Writes the gathered batch, the round and update metrics and the
 updated params (gathered to host) to `<out>/round_<process>.npz`. With one sampling group, two
 processes sample exactly the global batch one process samples, so everything must match.
@@ -62,7 +62,8 @@ def tiny_config(data_dir: str, **extra):
 def round_part(out: str, data_dir: str) -> None:
   import jax
   from jax.experimental import multihost_utils
-  from rlef_jax import model as model_lib, ppo, rollout as rollout_lib, sharding, train as train_lib
+  from rlef_jax import model as model_lib, ppo, rollout as rollout_lib, round_batch, sharding
+  from rlef_jax import train as train_lib
   from rlef_jax.data import records as records_lib
 
   config = tiny_config(data_dir)
@@ -79,7 +80,7 @@ def round_part(out: str, data_dir: str) -> None:
     policy_params = jax.tree.unflatten(treedef, [
         x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
     state = ppo.init_train_state(policy_params, value_params, policy_opt, value_opt, rng)
-    state = train_lib.on_mesh(state, run.mesh)
+    state = round_batch.on_mesh(state, run.mesh)
 
     source = train_lib.data_source(config, "train[:8]")
     problems = [train_lib.to_problem(records_lib.decode_example(source[i]), config)
@@ -93,10 +94,10 @@ def round_part(out: str, data_dir: str) -> None:
     records, _ = engine.run(state.policy_params, mine, jax.random.key(5))
     fns = {"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh),
            "value": ppo.make_value_fn(run.value_model, mesh=run.mesh)}
-    batch, round_metrics = train_lib.make_round_batch(run, state, ref_params, records, fns)
+    batch, round_metrics = round_batch.make_round_batch(run, state, ref_params, records, fns)
     update = ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt,
                                   config.rl, mesh=run.mesh)
-    minibatch = {k: train_lib.to_device(run, batch[k]) for k in ppo.MINIBATCH_KEYS}
+    minibatch = {k: round_batch.to_device(run, batch[k]) for k in ppo.MINIBATCH_KEYS}
     state, update_metrics = update(state, minibatch)
     params = multihost_utils.process_allgather(state.policy_params, tiled=True)
     flat = {jax.tree_util.keystr(p): np.asarray(v)
