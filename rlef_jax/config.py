@@ -377,6 +377,9 @@ def validate(config, num_devices: int | None = None) -> None:
                      "updates, so the run would overshoot")
   if config.warmstart.enabled and config.warmstart.steps < 1:
     raise ValueError("config.warmstart.steps must be >= 1 when config.warmstart.enabled is True")
+  if config.warmstart.feedback_fraction > 0 and config.warmstart.dialogue_turns < 2:
+    raise ValueError("config.warmstart.feedback_fraction > 0 needs config.warmstart.dialogue_turns > 1 "
+                     "(single-turn warm-start examples have no feedback to follow)")
   if config.warmstart.dialogue_turns > 1 and config.data.name != "synthetic":
     raise ValueError("config.warmstart.dialogue_turns > 1 builds feedback-blind dialogues of the "
                      "synthetic family only; use 1 with config.data.name="

@@ -173,6 +173,8 @@ def _set(path, value):
                                        r"of config\.rl\.updates_per_round \(4\)"),
     (_set("warmstart.feedback_fraction", 1.5), r"config\.warmstart\.feedback_fraction must be in "
                                                r"\[0\.0, 1\.0\], got 1\.5"),
+    (_set("warmstart.feedback_fraction", 0.5), r"config\.warmstart\.feedback_fraction > 0 needs "
+                                               r"config\.warmstart\.dialogue_turns > 1"),
     (_set("model.rope_scaling", ml_collections.ConfigDict({"factor": 8.0})),
      r"config\.model\.rope_scaling must have exactly the fields"),
 ])
