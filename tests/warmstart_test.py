@@ -96,13 +96,16 @@ def test_feedback_fraction_sets_how_often_the_final_answer_follows_the_feedback(
   assert blind == default  # 0 is the default and draws nothing extra: earlier runs are reproducible
 
   def answer(ids, start):
-    return synthetic.separator_in_program(tokenizer.decode(ids[start:]).split("```python\n")[1].split("\n```")[0])
+    program = tokenizer.decode(ids[start:]).split("```python\n")[1].split("\n```")[0]
+    return synthetic.separator_in_program(program)
+
+  def had_feedback(ids, start):  # the prompt's own assistant header, plus one per earlier answer
+    return sum(ids[i:i + len(header)] == header for i in range(start)) > 1
 
   with_feedback = 0
   for (_, record), (ids, start), (ids0, start0) in zip(pairs, following, blind):
     assert ids[:start] == ids0[:start0]  # the same dialogue; only the final answer may differ
-    had_feedback = sum(ids[i:i + len(header)] == header for i in range(start)) > 1
-    if had_feedback:
+    if had_feedback(ids, start):
       with_feedback += 1
       assert answer(ids, start) == synthetic.separator_of(record)
     else:
@@ -110,7 +113,7 @@ def test_feedback_fraction_sets_how_often_the_final_answer_follows_the_feedback(
   assert 0 < with_feedback < len(pairs)
   # Feedback-blind answers ignore the feedback: over the dialogues with feedback, they rarely match.
   matches = sum(answer(i, s) == synthetic.separator_of(r) for (_, r), (i, s) in zip(pairs, blind)
-                if sum(i[k:k + len(header)] == header for k in range(s)) > 1)
+                if had_feedback(i, s))
   assert matches < with_feedback
 
 

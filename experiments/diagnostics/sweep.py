@@ -5,8 +5,8 @@
 
 Each `--setting NAME=K=V,K=V` is a list of `--config.K=V` overrides of configs/tiny.py (or `--config`);
 every setting runs once per seed in DIR/NAME.sSEED (train.seed = SEED). At most `--jobs` runs go at
-once (default: all). `--summarise-only` summarises runs already there (finished or not). Writes DIR/summary.json and prints a table: multi-turn 1@3 before and after RL
-with bootstrap intervals, and the training curve of `solve/public_at_turn2` (the share of answers after
+once (default: all). `--summarise-only` summarises runs already there (finished or not). Writes
+DIR/summary.json and prints a table: multi-turn 1@3 before and after RL with bootstrap intervals, and the training curve of `solve/public_at_turn2` (the share of answers after
 a feedback message that pass: rises when the policy starts reading the feedback). Meant for tuning the
 tiny config over seeds; the per-run logs are DIR/NAME.sSEED.log.
 """
