@@ -9,8 +9,8 @@ with the KL penalty to the frozen initial policy, returns, values and advantages
 round (`rlef_jax.round_batch`), then makes `rl.updates_per_round` updates of `rl.minibatch_size`
 episodes. The step counter counts updates (paper: 12,000 updates for 8B). Checkpoints hold both
 models' params and optimizer states, the step, the RNG and the data iterator's state, and are written
-at round boundaries; a run restarted with the same workdir resumes from the latest one. SIGTERM finishes the current round, writes
-a checkpoint and exits 0.
+at round boundaries; a run restarted with the same workdir resumes from the latest one. SIGTERM
+finishes the current round, writes a checkpoint and exits 0.
 """
 from __future__ import annotations
 
