@@ -29,6 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rlef_jax.data import assets  # noqa: E402
 from rlef_jax.execution import ExecutionPool, IOCase, Job, Limits  # noqa: E402
 from rlef_jax.execution import evalplus  # noqa: E402
 from rlef_jax.execution.sandbox import interpreter  # noqa: E402
@@ -144,8 +145,8 @@ def main():
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--tests-per-job", type=int, default=4)
     ap.add_argument("--overhead-tests", type=int, default=300)
-    ap.add_argument("--humaneval", default=os.path.join(HERE, "..", "..", "shared", "data", "humanevalplus",
-                                                        "HumanEvalPlus.jsonl.gz"))
+    ap.add_argument("--humaneval", default=str(assets.benchmark_file(assets.HUMANEVAL_PLUS)),
+                    help="HumanEval+ .jsonl.gz (default: the v0.1.10 file shipped in rlef_jax/assets/benchmarks)")
     ap.add_argument("--tasks", type=int, default=164)
     ap.add_argument("--evalplus-python", default=None,
                     help="an interpreter with evalplus==0.3.1 installed (kept out of this environment), "

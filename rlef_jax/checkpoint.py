@@ -8,7 +8,8 @@ Two formats, both plain orbax composites:
 * A **train-state checkpoint** (`Checkpointer`): one step directory per saved step under a root,
   items `state` (params, optimizer state, step, RNG, ...: any pytree of arrays) and `extra` (a JSON
   dict, e.g. the data iterator's state). Saves are asynchronous, the last `max_to_keep` are kept.
-  Resuming restores everything the run needs to continue exactly (peers.md "Resume").
+  Resuming restores everything the run needs to continue exactly (params, optimizer state, step,
+  RNG and data position: a resume that drops one of them silently changes the run).
 
 Restores always take the target layout from the caller (abstract arrays carrying shardings), never
 from the saved files, so a checkpoint written on one mesh shape restores onto another.

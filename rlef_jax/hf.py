@@ -5,7 +5,7 @@ index), converts it to the `rlef_jax.model` layout and places it (on a target sh
 given) before touching the next, so host memory never holds two copies of the model. Export writes
 safetensors (sharded above `max_shard_bytes`) plus a `config.json` that
 `transformers.LlamaForCausalLM.from_pretrained` loads. Every config key is handled explicitly; an
-unknown key or an unsupported value raises one `ValueError` that lists all problems (peers.md: a
+unknown key or an unsupported value raises one `ValueError` that lists all problems (a
 silently ignored key is a wrong model).
 
 HF stores projections as `[out, in]` matrices; ours are `[in..., out...]` kernels (q `[D,H,Dh]`,

@@ -9,16 +9,18 @@ One `MetricsWriter.write(step, scalars)` per training step sends the same scalar
 * `<workdir>/metrics.jsonl`: one JSON object per step, `{"step": s, "<name>": value, ...}`, flushed on
   every write so a crash loses nothing already logged.
 
-Resume (peers.md "Resume"): a run restored from the checkpoint of step `k` passes `resume_step=k`.
-Lines with `step > k` are dropped from `metrics.jsonl` and TensorBoard is told to purge events with
-`step > k`, so the logs of an interrupted-and-resumed run match an uninterrupted one. Steps are
+Resume (a resumed run must log exactly what an uninterrupted one does): a run restored from the
+checkpoint of step `k` passes `resume_step=k`. Lines with `step > k` are dropped from `metrics.jsonl`
+and TensorBoard is told to purge events with `step > k`, so the logs of an interrupted-and-resumed run match an uninterrupted one. Steps are
 numbered by the number of updates done: the first write of a fresh run is step 1, the first write
 after resuming from step `k` is step `k + 1`.
 
 Multi-host: only one process should write (`enabled` defaults to `jax.process_index() == 0`); the
 others accept writes and do nothing. Metrics returned by a jitted step on a multi-host mesh are
 replicated global arrays that no single process fully addresses; `to_scalar` reads the local replica.
-What to log follows peers.md "PPO and KL" (verl's list); the trainer chooses the names.
+What to log follows verl's list (rewards, returns, values, advantages, explained variance, KL,
+clip fractions, entropy, lengths, turns, phase times, sampler-vs-trainer log-prob gap); the trainer
+chooses the names.
 """
 
 from __future__ import annotations

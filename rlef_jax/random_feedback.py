@@ -1,4 +1,4 @@
-"""Random execution feedback, the ablation of paper App. C.2 (rlef-paper.md §1.7).
+"""Random execution feedback, the ablation of paper App. C.2 (docs/method.md §1.7).
 
 For a problem, pick uniformly a *different* problem of the same pool that has incorrect solutions; run
 one of those incorrect solutions on that problem's public tests and show the resulting feedback. If it

@@ -1,4 +1,4 @@
-"""Per-turn task rewards of an episode (paper §2.2; rlef-paper.md §2).
+"""Per-turn task rewards of an episode (paper §2.2; docs/method.md §2).
 
 r(s_t, a_t) is +1 / −1 at the end of the episode (the final solution passes / fails all tests), −0.2
 for an earlier turn whose response has no valid code, and 0 otherwise. The KL term of the reward

@@ -4,9 +4,10 @@ Paper §2.1: each episode is a dialogue of at most `max_turns` responses; after 
 tests run and either the episode ends (they pass, or the turn limit is reached) or the feedback message
 is appended and the model answers again. The final solution is scored on the private tests.
 
-Token-in/token-out (peers.md "Multi-turn"): the sampler's own token ids are kept; what the environment
-appends (feedback message, assistant header) is fed to the KV cache as the next chunk, so the history is
-never re-tokenised or recomputed.
+Token-in/token-out (re-tokenising a transcript can give other ids than were sampled, the most common
+multi-turn bug): the sampler's own token ids are kept; what the environment appends (feedback message,
+assistant header) is fed to the KV cache as the next chunk, so the history is never re-tokenised or
+recomputed.
 
 Overlap of generation and execution: the episodes are split into `num_groups` groups with their own KV
 caches, visited round-robin. After a group's turn is sampled its test jobs are submitted to the pool and

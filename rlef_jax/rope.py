@@ -1,9 +1,10 @@
 """Rotary position embeddings (RoPE) for Llama 3, including the `llama3` long-context scaling.
 
 The layout is transformers' half-split one (`rotate_half`: the first Dh/2 features pair with the last
-Dh/2), so Hugging Face q/k projection weights load without any permutation (peers.md, "Model and
-weights"). The inverse-frequency table reproduces transformers' float32 computation step by step so
-that positions in the tens of thousands rotate by the same angles.
+Dh/2), so Hugging Face q/k projection weights load without any permutation (a permuted layout needs an
+exact un-permute on export, a known source of bugs). The inverse-frequency table reproduces
+transformers' float32 computation step by step so that positions in the tens of thousands rotate by
+the same angles.
 
 Shape letters: B batch, L sequence, H heads, Dh head dim.
 """

@@ -48,7 +48,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("activation_kv_heads", "tensor"),
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
-    # KV cache: sharded like the activations that fill it (peers.md: never replicate a cache)
+    # KV cache: sharded like the activations that fill it (a replicated cache is a full copy on every chip)
     ("cache_batch", _BATCH),
     ("cache_length", None),
     ("cache_kv_heads", "tensor"),

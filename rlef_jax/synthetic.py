@@ -5,7 +5,7 @@ statement names (keep, reverse, sort, reverse-sort), joined by a *secret separat
 `SEPARATORS`, drawn uniformly per task and never mentioned in the statement. The statement carries no
 examples, so the separator is only learnt from the execution feedback of a failing public test
 ("Expected output `ant-cat-dog` but got `ant,cat,dog`", paper App. C.1). This gives the four properties
-the RLEF ablations need (paper §3, App. C.2, §5.7 of rlef-paper.md):
+the RLEF ablations need (paper §3, App. C.2; docs/method.md §5.7):
 
 (a) the statement alone leaves a hidden choice (1 of 8) that the public tests pin down: a policy that
     ignores feedback can at best try 3 distinct separators in 3 turns (1@3 ceiling 3/8 with early

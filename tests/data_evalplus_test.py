@@ -1,17 +1,15 @@
 """The humaneval_plus and mbpp_plus builders on the real EvalPlus files and on small fixtures."""
 import gzip
 import json
-import pathlib
 
 import pytest
 import tensorflow_datasets as tfds
 
 import rlef_jax  # noqa: F401  (registers the builders)
-from rlef_jax.data import evalplus, records
+from rlef_jax.data import assets, evalplus, records
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-HUMANEVAL_PLUS = SHARED / "humanevalplus" / "HumanEvalPlus.jsonl.gz"
-MBPP_PLUS = SHARED / "mbppplus_prerelease" / "MbppPlus-767efcc.jsonl.gz"
+HUMANEVAL_PLUS = assets.benchmark_file(assets.HUMANEVAL_PLUS)  # shipped: rlef_jax/assets/benchmarks
+MBPP_PLUS = assets.benchmark_file(assets.MBPP_PLUS_PRERELEASE)
 
 
 def _rows(path):
@@ -80,3 +78,15 @@ def test_bad_files_are_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="RLEF_JAX_MBPP_PLUS_FILE"):
         tfds.builder("mbpp_plus", data_dir=str(tmp_path / "c"),
                      source_file=str(tmp_path / "missing.jsonl")).download_and_prepare()
+
+
+def test_without_input_the_shipped_file_is_used(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv(evalplus.MbppPlus.ENV_VAR, raising=False)
+    builder = tfds.builder("mbpp_plus", data_dir=str(tmp_path))
+    with caplog.at_level("WARNING"):
+        builder.download_and_prepare()  # no source_file, env var or manual dir: nothing is downloaded
+    assert "pre-release" in caplog.text and "not comparable" in caplog.text
+    source = tfds.data_source("mbpp_plus", data_dir=str(tmp_path), split="test")
+    assert len(source) == len(_rows(MBPP_PLUS)) == 399
+    assert assets.shipped_files() == sorted([assets.HUMANEVAL_PLUS, assets.HUMANEVAL_PLUS_MINI, assets.MBPP,
+                                             assets.MBPP_PLUS_PRERELEASE])

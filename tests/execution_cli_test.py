@@ -30,9 +30,8 @@ def test_judges_and_prints_feedback(tmp_path):
 
 def test_evalplus_problem(tmp_path):
     import gzip
-    path = os.path.join(ROOT, "..", "shared", "data", "humanevalplus", "HumanEvalPlus.jsonl.gz")
-    if not os.path.exists(path):
-        return
+    from rlef_jax.data import assets
+    path = assets.benchmark_file(assets.HUMANEVAL_PLUS)  # shipped: rlef_jax/assets/benchmarks
     with gzip.open(path, "rt") as f:
         task = json.loads(f.readline())
     (tmp_path / "p.json").write_text(json.dumps(task))

@@ -3,12 +3,12 @@ import os
 
 import pytest
 
+from rlef_jax.data import assets
 from rlef_jax.execution import AssertCase, ExecutionPool, Job, Limits, Verdict, evalplus_feedback
 from rlef_jax.execution import evalplus
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-HE = os.path.join(DATA, "humanevalplus", "HumanEvalPlus.jsonl.gz")
-MBPP = os.path.join(DATA, "mbppplus_prerelease", "MbppPlus-767efcc.jsonl.gz")
+HE = str(assets.benchmark_file(assets.HUMANEVAL_PLUS))  # shipped: rlef_jax/assets/benchmarks
+MBPP = str(assets.benchmark_file(assets.MBPP_PLUS_PRERELEASE))
 SAMPLE = ["HumanEval/0", "HumanEval/2", "HumanEval/10", "HumanEval/32", "HumanEval/53", "HumanEval/95",
           "HumanEval/100", "HumanEval/120", "HumanEval/150", "HumanEval/163"]
 LIMITS = Limits(time_s=20.0, memory_bytes=4 << 30)

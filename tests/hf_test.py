@@ -70,7 +70,7 @@ def test_logits_match_transformers(tmp_path, overrides):
 
 
 def test_logits_match_past_8192_positions_via_cached_prefill(tmp_path):
-  """Llama 3.1 scaling only changes low-frequency bands, visible at long positions (peers.md)."""
+  """Llama 3.1 scaling only changes low-frequency bands, visible only at long positions."""
   torch_model = _hf_model(tmp_path, seed=1, num_hidden_layers=1, head_dim=32)
   tokens = _tokens(1, (1, 8320))
   want = _hf_logits(torch_model, tokens)[0, 8100:]

@@ -1,15 +1,14 @@
 """The Grain pipeline: determinism, per-epoch reshuffle, process sharding, exact resume from a checkpoint."""
 import json
-import pathlib
 
 import jax.numpy as jnp
 import pytest
 import tensorflow_datasets as tfds
 
 import rlef_jax  # noqa: F401  (registers the builders)
-from rlef_jax.data import pipeline, records
+from rlef_jax.data import assets, pipeline, records
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+HUMANEVAL_PLUS = assets.benchmark_file(assets.HUMANEVAL_PLUS)  # shipped: rlef_jax/assets/benchmarks
 SIZE = 401  # Grain's index_shuffle costs ~130/SIZE ms per element: tiny sources are slow
 
 
@@ -115,7 +114,7 @@ def test_state_round_trips_through_the_training_checkpoint(source, tmp_path):
 
 def test_over_a_tfds_data_source(tmp_path):
     tfds.builder("humaneval_plus", data_dir=str(tmp_path),
-                 source_file=str(SHARED / "humanevalplus" / "HumanEvalPlus.jsonl.gz")).download_and_prepare()
+                 source_file=str(HUMANEVAL_PLUS)).download_and_prepare()
     data_source = tfds.data_source("humaneval_plus", data_dir=str(tmp_path), split="test")
     batches = list(pipeline.make_iterator(data_source, seed=0, shuffle=False, num_epochs=1, batch_size=50,
                                           process_index=1, process_count=2))

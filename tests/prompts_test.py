@@ -7,8 +7,13 @@ import pytest
 
 from rlef_jax import prompts
 from rlef_jax import tokenizer as tok_lib
+from rlef_jax.data import assets
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+HUMANEVAL_PLUS = assets.benchmark_file(assets.HUMANEVAL_PLUS)  # shipped: rlef_jax/assets/benchmarks
+MBPP_PLUS = assets.benchmark_file(assets.MBPP_PLUS_PRERELEASE)
+# One CodeContests-style statement (unicode, bullet lines with trailing spaces, blank lines) in the row
+# format of CodeT's CodeContests prompt file; written for these tests, as no CodeContests data is shipped.
+CODE_CONTESTS_STATEMENT = pathlib.Path(__file__).resolve().parent / "fixtures" / "code_contests_statement.jsonl.gz"
 HEADER_USER = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
 HEADER_ASSISTANT = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
 FENCE = "```"
@@ -47,7 +52,7 @@ def test_code_contests_prompt_byte_for_byte(chat):
 
 
 def test_code_contests_real_statement_is_inserted_raw(chat):
-    row = _jsonl(SHARED / "codecontests_examples" / "CodeT_CodeContests_test165_prompts.jsonl.gz")[0]
+    row = _jsonl(CODE_CONTESTS_STATEMENT)[0]
     description = row["prompt"].strip().strip("'").strip()
     for source in ("code_contests", "synthetic"):
         messages, _ = prompts.initial_messages(source, {"description": description})
@@ -59,7 +64,7 @@ def test_code_contests_real_statement_is_inserted_raw(chat):
 
 
 def test_humaneval_plus_prompt_and_prefill(chat):
-    record = _jsonl(SHARED / "humanevalplus" / "HumanEvalPlus.jsonl.gz")[0]
+    record = _jsonl(HUMANEVAL_PLUS)[0]
     starter = record["prompt"]
     assert starter.startswith("from typing import List\n\n\ndef has_close_elements(")
     messages, prefill = prompts.initial_messages("humaneval_plus", record)
@@ -74,7 +79,7 @@ def test_humaneval_plus_prompt_and_prefill(chat):
 
 
 def test_mbpp_plus_prompt_byte_for_byte(chat):
-    record = next(r for r in _jsonl(SHARED / "mbppplus_prerelease" / "MbppPlus-767efcc.jsonl.gz")
+    record = next(r for r in _jsonl(MBPP_PLUS)
                   if r["task_id"] == "Mbpp/2")
     messages, prefill = prompts.initial_messages("mbpp_plus", record)
     assert prefill is None
@@ -106,12 +111,12 @@ def test_mbpp_example_test_keeps_multiline_assert_whole():
 
 
 def test_every_evalplus_record_renders():
-    for row in _jsonl(SHARED / "mbppplus_prerelease" / "MbppPlus-767efcc.jsonl.gz"):
+    for row in _jsonl(MBPP_PLUS):
         (message,), _ = prompts.initial_messages("mbpp_plus", row)
         test = message["content"].split("Your code should pass these tests:\n\n")[1].split("\n\nYour code")[0]
         assert test.startswith("assert ") and test in row["assertion"], row["task_id"]
         assert "'''" not in message["content"] and '"""' not in message["content"], row["task_id"]
-    for row in _jsonl(SHARED / "humanevalplus" / "HumanEvalPlus.jsonl.gz"):
+    for row in _jsonl(HUMANEVAL_PLUS):
         _, prefill = prompts.initial_messages("humaneval_plus", row)
         assert prefill == row["prompt"]
 

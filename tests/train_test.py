@@ -1,5 +1,5 @@
 """The trainer end to end on a tiny model: bitwise resume (at a data-epoch boundary), SIGTERM, and the
-logged metrics (peers.md "Resume"; issue #5)."""
+logged metrics (a resumed run must match an uninterrupted one; issue #5)."""
 
 import importlib.util
 import json

@@ -2,8 +2,14 @@
 
 Input, first found: the builder argument `source_file=...` (a `.jsonl` or `.jsonl.gz` EvalPlus release
 file); `$RLEF_JAX_HUMANEVAL_PLUS_FILE` / `$RLEF_JAX_MBPP_PLUS_FILE`; a single `*.jsonl[.gz]` in TFDS's
-manual dir; otherwise the official release is downloaded (HumanEval+ v0.1.10, MBPP+ v0.2.0, the versions
-evalplus 0.3.1 pins). Offline, point `source_file` at a local copy (here: `../shared/data/...`).
+manual dir; otherwise the file shipped with the package (`rlef_jax/assets/benchmarks/`, see
+`rlef_jax.data.assets`), so both builders work offline. Only if that file is missing (an install without
+package data) is the official release downloaded (HumanEval+ v0.1.10, MBPP+ v0.2.0, the versions
+evalplus 0.3.1 pins).
+
+The shipped HumanEval+ file is that same v0.1.10 release. The shipped MBPP+ file is NOT the official
+release but an EvalPlus pre-release snapshot (399 tasks, see its SOURCE.md): its solve rates are not
+comparable with published MBPP+ numbers; pass the official file as above for those.
 
 Records keep the EvalPlus field names (docs/DESIGN.md "Data records"). `base_input` / `plus_input` are
 stored as the JSON values of the file; a field the file lacks (e.g. `test` in MBPP+ files) is null, so every
@@ -13,12 +19,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import pathlib
 from typing import Any, ClassVar
 
 import tensorflow_datasets as tfds
 
-from rlef_jax.data import base, records
+from rlef_jax.data import assets, base, records
 
 HUMANEVAL_PLUS_URL = (
     "https://github.com/evalplus/humanevalplus_release/releases/download/v0.1.10/HumanEvalPlus.jsonl.gz"
@@ -60,11 +67,13 @@ def evalplus_record(row: dict[str, Any], fields: tuple[str, ...], *, where: str)
 
 
 class _EvalPlusBuilder(base.ProblemBuilder, skip_registration=True):
-    """Shared EvalPlus logic; subclasses set the URL, env var and field list."""
+    """Shared EvalPlus logic; subclasses set the URL, env var, shipped file and field list."""
 
     URL: ClassVar[str]
     ENV_VAR: ClassVar[str]
     FIELDS: ClassVar[tuple[str, ...]]
+    SHIPPED: ClassVar[str]  # the default input: a file under rlef_jax/assets/benchmarks (`assets`)
+    SHIPPED_NOTE: ClassVar[str | None] = None  # logged as a warning when the shipped file is used
 
     def __init__(self, *, source_file: str | None = None, **kwargs):
         self._source_file = source_file
@@ -78,6 +87,10 @@ class _EvalPlusBuilder(base.ProblemBuilder, skip_registration=True):
             if len(candidates) != 1:
                 raise FileNotFoundError(f"Expected one EvalPlus .jsonl[.gz] in {path}, found {candidates}. {fix}")
             path = candidates[0]
+        if path is None and self.SHIPPED in assets.shipped_files():
+            path = assets.benchmark_file(self.SHIPPED)
+            if self.SHIPPED_NOTE:
+                logging.warning("%s: %s", self.name, self.SHIPPED_NOTE)
         if path is None:
             try:
                 path = pathlib.Path(dl_manager.download(self.URL))
@@ -106,6 +119,7 @@ class HumanevalPlus(_EvalPlusBuilder):
     URL = HUMANEVAL_PLUS_URL
     ENV_VAR = "RLEF_JAX_HUMANEVAL_PLUS_FILE"
     FIELDS = records.EVALPLUS_FIELDS
+    SHIPPED = assets.HUMANEVAL_PLUS  # the v0.1.10 release file itself
 
 
 class MbppPlus(_EvalPlusBuilder):
@@ -119,3 +133,9 @@ class MbppPlus(_EvalPlusBuilder):
     URL = MBPP_PLUS_URL
     ENV_VAR = "RLEF_JAX_MBPP_PLUS_FILE"
     FIELDS = records.MBPP_PLUS_FIELDS
+    SHIPPED = assets.MBPP_PLUS_PRERELEASE
+    SHIPPED_NOTE = (
+        f"no input file given, using the shipped EvalPlus MBPP+ pre-release snapshot ({SHIPPED}, 399 tasks). "
+        f"It is not the official v0.2.0 release: results are not comparable with published MBPP+ numbers. "
+        f"For those, pass source_file= or set ${ENV_VAR} to the release file ({MBPP_PLUS_URL})."
+    )

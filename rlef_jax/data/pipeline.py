@@ -10,7 +10,7 @@
 * The iterator is a Grain `DatasetIterator`: `get_state()` is a small JSON-able dict that goes into the
   training checkpoint (e.g. `rlef_jax.checkpoint.Checkpointer.save(..., extra={"data": state})`) and
   `set_state(state)` on a freshly made iterator resumes exactly where the saved one stopped, epoch
-  boundaries included (peers.md "Resume").
+  boundaries included (a lost or replayed data position silently changes a resumed run).
 """
 from __future__ import annotations
 
