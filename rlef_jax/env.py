@@ -9,10 +9,12 @@
 
 Nothing here runs programs or samples: the caller submits the jobs (to an `ExecutionPool`) and feeds
 back the results, so every transition is a pure function of its inputs. The episode works token-in /
-token-out: `tokens` is the prompt, then each response's own ids (plus an `<|eot_id|>` the env appends,
-as a non-policy token, to a response cut by the token limit), then each feedback message as
-`encode_message("user", feedback) + assistant_header()` (+ the prefill ids); the history is never
-re-tokenised, and `policy_mask` marks exactly the sampled tokens.
+token-out in the tokenizer's own chat template (`rlef_jax.tokenizer.ChatTokenizer`): `tokens` is the
+prompt (the optional `config.system_message` and the problem's user turn), then each response's own ids
+(plus the template's end-of-turn id, appended as a non-policy token to a response cut by the token
+limit), then each feedback message as `followup_ids(...)` — the rest of the assistant turn, the user
+message and the next generation prompt — (+ the prefill ids); the history is never re-tokenised, and
+`policy_mask` marks exactly the sampled tokens.
 
 Termination (paper §1.5): a response passing all public tests, or the turn limit. The last response is
 scored on the private (+ generated, + public) tests. Feedback variants (`config.feedback`): "true" (the
@@ -88,17 +90,35 @@ class Episode:
     turns: tuple[Turn, ...]
     solved: bool
     final_result: JobResult | None
+    final_groups: tuple[tuple[str, int], ...] = ()  # (test role, count) of the final job's cases, in order
+    turn_test_count: int = 0  # tests each response ran on (public; "rich" feedback: more)
 
     @property
     def task_rewards(self) -> tuple[float, ...]:
         return tuple(t.task_reward for t in self.turns)
 
 
+def initial_messages(problem: Problem, config: EnvConfig) -> list[dict[str, str]]:
+    """The dialogue's first messages: `config.system_message` (when set) and the problem's user turn."""
+    system = [] if config.system_message is None else [{"role": "system", "content": config.system_message}]
+    return [*system, *(dict(m) for m in problem.messages)]
+
+
+def dialogue(state: "EpisodeState") -> list[dict[str, str]]:
+    """The episode's messages so far (assistant turns as decoded text, prefill included)."""
+    messages = initial_messages(state.problem, state.config)
+    for turn in state.turns:
+        messages.append({"role": "assistant", "content": (state.problem.prefill or "") + turn.response_text})
+        if turn.feedback is not None:
+            messages.append({"role": "user", "content": turn.feedback})
+    return messages
+
+
 def start(problem: Problem, tokenizer, env_config=None) -> EpisodeState:
     """The episode's first state: the tokens of the initial prompt and the assistant prefill (if any)."""
     config = EnvConfig.from_config(env_config)
     prefill_ids = tuple(tokenizer.encode(problem.prefill)) if problem.prefill else ()
-    tokens = (*tokenizer.encode_dialog(list(problem.messages)), *prefill_ids)
+    tokens = (*tokenizer.encode_dialog(initial_messages(problem, config)), *prefill_ids)
     return EpisodeState(problem=problem, config=config, tokenizer=tokenizer, tokens=tokens,
                         policy_mask=(0,) * len(tokens), prefill_ids=prefill_ids)
 
@@ -137,7 +157,7 @@ def on_response(state: EpisodeState, response_ids: Sequence[int]) -> tuple[Episo
     ids = _check_response_ids(state, response_ids)
     tokenizer, config, problem = state.tokenizer, state.config, state.problem
     truncated = not ids or ids[-1] not in tokenizer.stop_ids
-    appended = (tokenizer.eot_id,) if truncated else ()
+    appended = (tokenizer.end_of_turn_id,) if truncated else ()
     text = tokenizer.decode(ids)
     code = extract.extract_code(text, rule=config.code_extraction, prefill=problem.prefill)
     valid = extract.is_valid_code(code)
@@ -214,10 +234,19 @@ def on_public_result(state: EpisodeState, result: JobResult | None, *,
         return dataclasses.replace(state, turns=turns, done=True, pending=PENDING_FINAL_RESULT)
     text = feedback_text(state, result, random_feedback_text)
     tokenizer = state.tokenizer
-    ids = (*tokenizer.encode_message("user", text), *tokenizer.assistant_header(), *state.prefill_ids)
+    ids = (*tokenizer.followup_ids(dialogue(state), "user", text), *state.prefill_ids)
     turns = state.turns[:-1] + (dataclasses.replace(last, public_result=result, feedback=text),)
     return dataclasses.replace(state, tokens=state.tokens + ids, policy_mask=state.policy_mask + (0,) * len(ids),
                                turns=turns, pending=PENDING_RESPONSE)
+
+
+def final_groups(problem: Problem, config: EnvConfig) -> tuple[tuple[str, int], ...]:
+    """The test roles the final solution is scored on, with their counts, in job order (paper §2.2)."""
+    groups = ((("public", len(problem.public_cases)),) if config.score_public_tests else ()) + (
+        ("private", len(problem.private_cases)),)
+    if config.use_generated_tests_for_reward:
+        groups += (("generated", len(problem.generated_cases)),)
+    return groups
 
 
 def final_job(state: EpisodeState) -> Job | None:
@@ -245,7 +274,8 @@ def finish(state: EpisodeState, final_result: JobResult | None) -> Episode:
         final_turn_invalid_penalty_stacks=config.final_turn_invalid_penalty_stacks)
     turns = tuple(dataclasses.replace(t, task_reward=r) for t, r in zip(state.turns, task))
     return Episode(problem=state.problem, tokens=state.tokens, policy_mask=state.policy_mask, turns=turns,
-                   solved=solved, final_result=final_result)
+                   solved=solved, final_result=final_result, final_groups=final_groups(state.problem, config),
+                   turn_test_count=len(public_job_cases(state.problem, config)))
 
 
 def play_episode(problem: Problem, tokenizer, respond, pool, env_config=None, *,

@@ -1,4 +1,4 @@
-"""The environment's configuration: `config.env` (every open point of the paper is a field, rlef-paper.md [U]).
+"""The environment's configuration: `config.env` (each open point is a field; docs/method.md "Open points").
 
 `default_env_config()` is the one place the defaults live (an `ml_collections.ConfigDict`, one comment
 per field); `EnvConfig.from_config` validates a user's `config.env` against it and freezes it.
@@ -20,6 +20,7 @@ def default_env_config() -> ml_collections.ConfigDict:
     """The environment defaults (paper §2, App. A.2, B.3, C.1, C.2)."""
     c = ml_collections.ConfigDict()
     c.max_turns = 3  # LLM attempts per episode, train and eval (paper §1.5 [C])
+    c.system_message = ml_collections.config_dict.placeholder(str)  # [U] system message of every dialogue; None = none, i.e. what the chat template renders without one (Llama 3.0: nothing; Llama 3.1/3.2: a system header with only the knowledge-cutoff and date lines; SmolLM2's ChatML: its own default "You are a helpful AI assistant named SmolLM, ..."). The paper mentions none (§1.1).
     c.feedback = "true"  # 'true' | 'random' (App. C.2) | 'none' (§5.7: retry prompt only, no early stop) | 'rich' (App. B.3, inference)
     c.invalid_code_penalty = -0.2  # task reward of a non-final turn whose response has no valid code (§2.2 [C])
     c.success_reward = 1.0  # final-turn reward when the final solution passes all scoring tests (§2.2 [C])
@@ -45,6 +46,7 @@ class EnvConfig:
     """A validated, immutable `config.env` (field meanings: `default_env_config`)."""
 
     max_turns: int
+    system_message: str | None
     feedback: str
     invalid_code_penalty: float
     success_reward: float
@@ -91,6 +93,8 @@ class EnvConfig:
 
         if not is_int(self.max_turns) or self.max_turns < 1:
             fail("max_turns", "a positive int")
+        if self.system_message is not None and not isinstance(self.system_message, str):
+            fail("system_message", "None (the template's default) or a string")
         if self.feedback not in FEEDBACK_VARIANTS:
             fail("feedback", f"one of {FEEDBACK_VARIANTS}")
         if self.code_extraction not in ("last_block", "first_block"):

@@ -10,9 +10,15 @@
 * 95% intervals: bootstrap over episodes, 1000 resamples, 2.5 and 97.5 percentiles (paper §5.1 uses
   200 resamples; more only tightens the estimate of the interval itself).
 
-Every episode's outcome (problem, turns, public pass per turn, final pass) is written next to the
-summary, so other n@k estimators (10@100 with public-test filtering, later issue) can be computed from
-the same samples without re-running the model.
+Every episode is written next to the summary (`NAME.episodes.jsonl`, one JSON object per line), so
+other estimators and the error analysis of paper Fig. 3 need no rerun: `problem`, `mode`
+(multi_turn / single_turn), `turns`, `valid` and `public_passed` per turn, `solved`, `truncated`;
+`turn_log`, per turn: `response` (decoded text), `code` (extracted program or null), `valid`,
+`truncated` (cut by the token limit), `public_verdicts` (one letter per test the response ran on:
+P passed, W wrong answer, E runtime error, T timeout, M out of memory, N no code, S syntax error) and
+`feedback` (the user message shown next, null after the last turn); `final_verdicts` (the final
+solution's letter per scored test) with `final_groups` ([role, count] of those tests in order, e.g.
+[["public", 1], ["private", 5]]).
 """
 from __future__ import annotations
 
@@ -44,15 +50,41 @@ def _summary(successes: Sequence[float], seed: int) -> dict[str, Any]:
           "ci95": [lo, hi], "episodes": len(successes)}
 
 
+# One letter per test verdict in episode records (`verdict_codes`).
+VERDICT_CODES = {"passed": "P", "wrong_answer": "W", "runtime_error": "E", "timeout": "T",
+                 "out_of_memory": "M", "no_code": "N", "syntax_error": "S"}
+
+
+def verdict_codes(result: Any, num_cases: int, code: str | None = None) -> str:
+  """A job result's per-test verdicts as one letter each (`VERDICT_CODES`, in test order). A response
+  without valid code ran nothing: every test is "N" (no code) or "S" (it does not compile)."""
+  if result is None:
+    from rlef_jax import extract  # pylint: disable=g-import-not-at-top
+    no_code = code is None or not code.strip() or extract.syntax_error(code) is None
+    return ("N" if no_code else "S") * num_cases
+  return "".join(VERDICT_CODES[c.verdict.value] for c in result.cases)
+
+
 def episode_outcome(record: rollout_lib.EpisodeRecord) -> dict[str, Any]:
+  """One episode for the records: the summary fields the estimators read, and what error analysis
+  needs without a rerun (paper Fig. 3): per turn the response, the extracted code, per-public-test
+  verdicts and the feedback shown; the final solution's verdicts per scored test."""
   from rlef_jax import env as env_lib  # pylint: disable=g-import-not-at-top
   ep = record.episode
+  turn_log = [{"response": t.response_text, "code": t.code, "valid": bool(t.valid),
+               "truncated": bool(t.truncated),
+               "public_verdicts": verdict_codes(t.public_result, ep.turn_test_count, t.code),
+               "feedback": t.feedback} for t in ep.turns]
   return {"problem": ep.problem.name,
           "turns": len(ep.turns),
           "valid": [bool(t.valid) for t in ep.turns],
           "public_passed": [env_lib.public_passed(ep.problem, t.public_result) for t in ep.turns],
           "solved": bool(ep.solved),
-          "truncated": bool(record.truncated)}
+          "truncated": bool(record.truncated),
+          "turn_log": turn_log,
+          "final_verdicts": verdict_codes(ep.final_result, sum(n for _, n in ep.final_groups),
+                                          ep.turns[-1].code),
+          "final_groups": [list(g) for g in ep.final_groups]}
 
 
 def single_turn_one_at_three(outcomes: Sequence[dict[str, Any]]) -> list[float]:

@@ -18,6 +18,8 @@ from rlef_jax.execution.types import CaseResult, IOCase, Job, Limits
 
 STDIO_SOURCES = (prompts.CODE_CONTESTS, prompts.SYNTHETIC)
 EVALPLUS_SOURCES = (prompts.HUMANEVAL_PLUS, prompts.MBPP_PLUS)
+ASSERT_SOURCES = (prompts.MBPP,)  # tests are assert statements (rlef_jax/data/mbpp.py)
+MBPP_PROMPT_SOURCES = (prompts.MBPP_PLUS, prompts.MBPP)  # App. C.5 prompt and feedback (with the trailer)
 MIN_MEMORY_BYTES = 64 << 20  # the executor's floor (Limits); a smaller CodeContests limit is raised to it
 
 
@@ -49,6 +51,8 @@ class Problem:
             return cls._from_contest_record(source, record, config)
         if source in EVALPLUS_SOURCES:
             return cls._from_evalplus_record(source, record, config, expected_outputs)
+        if source in ASSERT_SOURCES:
+            return cls._from_assert_record(source, record, config)
         raise ValueError(f"Unknown problem source {source!r}; expected one of {prompts.SOURCES}.")
 
     @classmethod
@@ -88,6 +92,23 @@ class Problem:
             limits=Limits(time_s=float(config.default_time_s), memory_bytes=config.default_memory_bytes),
             incorrect_solutions=())
 
+    @classmethod
+    def _from_assert_record(cls, source, record, config: EnvConfig) -> "Problem":
+        where = f"{source} record {record.get('name')!r}"
+        record = records.validate_mbpp_record(record, where=where)
+        setup = record["test_setup_code"].replace("\r\n", "\n").strip()
+
+        def cases(field):
+            return tuple(evalplus.assert_case(test, setup=setup, where=where) for test in record[field])
+
+        messages, prefill = prompts.initial_messages(source, record)
+        memory = max(record["memory_limit_bytes"] or config.default_memory_bytes, MIN_MEMORY_BYTES)
+        return cls(name=record["name"], source=source, messages=tuple(messages), prefill=prefill,
+                   public_cases=cases("public_tests"), private_cases=cases("private_tests"),
+                   generated_cases=cases("generated_tests"), entry_point=None,
+                   limits=Limits(time_s=float(config.default_time_s), memory_bytes=int(memory)),
+                   incorrect_solutions=tuple(record["incorrect_solutions"]))
+
     def job(self, program: str, cases: Sequence) -> Job:
         """A job running `program` on `cases` under this problem's limits."""
         return Job(program=program, cases=tuple(cases), entry_point=self.entry_point, limits=self.limits)
@@ -97,15 +118,39 @@ class Problem:
         """The paper's feedback message for `results` on `cases` (App. C.1, C.4, C.5 by source)."""
         if self.source in STDIO_SOURCES:
             return feedback.codecontests_feedback(cases, results, truncation)
-        return feedback.evalplus_feedback(cases, results, trailer=self.source == prompts.MBPP_PLUS,
+        return feedback.evalplus_feedback(cases, results, trailer=self.source in MBPP_PROMPT_SOURCES,
                                           truncation=truncation)
 
     def retry_message(self) -> str:
         """The follow-up without feedback (§5.7 ablation): the feedback message's closing lines only."""
         if self.source in STDIO_SOURCES:
             footer = feedback.CC_FOOTER
-        elif self.source == prompts.MBPP_PLUS:
+        elif self.source in MBPP_PROMPT_SOURCES:
             footer = feedback.EP_FOOTER_MBPP
         else:
             footer = feedback.EP_FOOTER
         return footer.lstrip("\n")
+
+
+def from_examples(examples: Sequence[Mapping], *, env_config=None, pool=None,
+                  cache_dir: str | None = None) -> list[Problem]:
+    """Problems for decoded dataset examples (`{"source", "problem", ...}`, `records.decode_example`).
+
+    EvalPlus examples (HumanEval+, MBPP+) need the expected output of every base and plus input: they are
+    computed by running each task's canonical solution in `pool` (all tasks at once), once per task:
+    the values are cached on disk (`evalplus.compute_expected`, keyed by a hash of the task).
+    """
+    tasks = [evalplus.prepare_task(dict(e["problem"]), where=f"{e['source']} record {e['problem'].get('task_id')!r}")
+             for e in examples if e["source"] in EVALPLUS_SOURCES]
+    expected = {}
+    if tasks:
+        if pool is None:
+            raise ValueError("EvalPlus problems need an ExecutionPool to compute their expected outputs "
+                             "(pass pool=...).")
+        base = evalplus.compute_expected(tasks, pool, "base", cache_dir=cache_dir)
+        plus = evalplus.compute_expected(tasks, pool, "plus", cache_dir=cache_dir)
+        expected = {t["task_id"]: {"base": base[t["task_id"]], "plus": plus[t["task_id"]]} for t in tasks}
+    return [Problem.from_record(e["source"], e["problem"], env_config=env_config,
+                                expected_outputs=expected.get(e["problem"].get("task_id"))
+                                if e["source"] in EVALPLUS_SOURCES else None)
+            for e in examples]

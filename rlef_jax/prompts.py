@@ -14,8 +14,9 @@ from collections.abc import Mapping
 CODE_CONTESTS = "code_contests"
 HUMANEVAL_PLUS = "humaneval_plus"
 MBPP_PLUS = "mbpp_plus"
+MBPP = "mbpp"  # MBPP train/validation as an RL task set (rlef_jax/data/mbpp.py)
 SYNTHETIC = "synthetic"
-SOURCES = (CODE_CONTESTS, HUMANEVAL_PLUS, MBPP_PLUS, SYNTHETIC)
+SOURCES = (CODE_CONTESTS, HUMANEVAL_PLUS, MBPP_PLUS, MBPP, SYNTHETIC)
 
 BACKTICKS_INSTRUCTION = (
     "Your code should be enclosed in triple backticks like so: ```python YOUR CODE HERE ```. "
@@ -85,7 +86,8 @@ def mbpp_example_test(assertion: str) -> str:
 def initial_messages(source: str, record: Mapping) -> tuple[list[dict[str, str]], str | None]:
     """The first user turn for `record` and the assistant prefill (None when the turn is not prefilled).
 
-    `source` is one of `SOURCES`; synthetic problems use the CodeContests template.
+    `source` is one of `SOURCES`; synthetic problems use the CodeContests template, MBPP training
+    problems the MBPP+ one.
     """
     if source in (CODE_CONTESTS, SYNTHETIC):
         content = CODE_CONTESTS_TEMPLATE.substitute(problem=_field(record, "description", source))
@@ -99,6 +101,14 @@ def initial_messages(source: str, record: Mapping) -> tuple[list[dict[str, str]]
             problem=mbpp_description(_field(record, "prompt", source)),
             test=mbpp_example_test(_field(record, "assertion", source)),
         )
+        prefill = None
+    elif source == MBPP:
+        # The MBPP+ prompt (App. C.5) with the record's public test (its first assert) as the example.
+        public = record.get("public_tests")
+        if not isinstance(public, list) or not public or not isinstance(public[0], str):
+            raise ValueError(f"mbpp record {record.get('name')!r} has no public test to show in the prompt.")
+        content = MBPP_PLUS_TEMPLATE.substitute(problem=_field(record, "description", source).strip(),
+                                                test=public[0])
         prefill = None
     else:
         raise ValueError(f"Unknown problem source {source!r}; expected one of {SOURCES}.")

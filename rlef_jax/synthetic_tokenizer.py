@@ -17,6 +17,7 @@ becomes `<|unk|>`. The directory loads with `ChatTokenizer.load` (Llama 3 chat t
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import string
 
@@ -115,6 +116,9 @@ def build_tokenizer(out_dir=DEFAULT_DIR, texts=None) -> pathlib.Path:
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out_dir))
+    # Stop on <|eot_id|> and <|end_of_text|>, as Llama 3 Instruct's generation config does.
+    stops = [backend.token_to_id(tok_lib.EOT), backend.token_to_id(tok_lib.END_OF_TEXT)]
+    (out_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": stops}) + "\n")
     return out_dir
 
 

@@ -76,11 +76,10 @@ class Run:
 
 def build(config: Any, workdir: str) -> Run:
   from rlef_jax.execution import ExecutionPool  # pylint: disable=g-import-not-at-top
-  from rlef_jax.tokenizer import ChatTokenizer  # pylint: disable=g-import-not-at-top
 
   config_lib.validate(config, num_devices=jax.device_count())
   mesh = sharding.make_mesh(config.mesh)
-  tokenizer = ChatTokenizer.load(_resolve_path(config.tokenizer.path))
+  tokenizer = load_tokenizer(config)
   llama_config = config_lib.llama_config(config.model)
   if tokenizer.vocab_size != llama_config.vocab_size:
     # A larger model vocabulary would let the sampler emit ids the tokenizer cannot decode.
@@ -92,6 +91,13 @@ def build(config: Any, workdir: str) -> Run:
              model_lib.LlamaValue(llama_config), tokenizer, pool)
 
 
+def load_tokenizer(config: Any) -> Any:
+  """The `ChatTokenizer` of `config.tokenizer` (its directory's chat template and stop ids)."""
+  from rlef_jax.tokenizer import ChatTokenizer  # pylint: disable=g-import-not-at-top
+  kwargs = {"date_string": config.tokenizer.date_string} if config.tokenizer.date_string else None
+  return ChatTokenizer.load(_resolve_path(config.tokenizer.path), template_kwargs=kwargs)
+
+
 def _resolve_path(path: str) -> str:
   """A relative path is taken from the current directory, else from the repository root."""
   if not path or os.path.exists(path):
@@ -100,8 +106,9 @@ def _resolve_path(path: str) -> str:
   return os.path.join(root, path)
 
 
-def data_source(config: Any, split: str):
-  """The TFDS array_record data source of `config.data.name`/`split`, prepared on first use.
+def data_source(config: Any, split: str, name: str = ""):
+  """The TFDS array_record data source of dataset `name` (default `config.data.name`) / `split`,
+  prepared on first use.
 
   `split` may use TFDS slicing ("train[:64]", "train[10%:]") to train or evaluate on part of a split.
   """
@@ -109,26 +116,30 @@ def data_source(config: Any, split: str):
   import rlef_jax.data.builders  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
   data_dir = config.data.data_dir or None
-  builder = tfds.builder(config.data.name, data_dir=data_dir)
+  name = name or config.data.name
+  builder = tfds.builder(name, data_dir=data_dir)
   download_config = None
   if config.data.source_dir:
     download_config = tfds.download.DownloadConfig(manual_dir=config.data.source_dir)
   builder.download_and_prepare(download_config=download_config)
   if split.split("[", 1)[0] not in builder.info.splits:
-    raise ValueError(f"dataset {config.data.name!r} has no split {split!r}; it has "
-                     f"{sorted(builder.info.splits)} (config.data.train_split / eval_split)")
+    raise ValueError(f"dataset {name!r} has no split {split!r}; it has "
+                     f"{sorted(builder.info.splits)} (config.data.train_split / config.eval.split)")
   return builder.as_data_source(split=split)
 
 
-def to_problem(example: dict, config: Any) -> Any:
-  return env_lib.Problem.from_record(example["source"], example["problem"], env_config=config.env)
+def to_problems(examples: Sequence[dict], config: Any, pool: Any) -> list[Any]:
+  """Problems of decoded examples; EvalPlus ones get their expected outputs from `pool` (cached)."""
+  from rlef_jax import problem as problem_lib  # pylint: disable=g-import-not-at-top
+  return problem_lib.from_examples(examples, env_config=config.env, pool=pool)
 
 
-def eval_problems(config: Any, split: str) -> list[Any]:
-  source = data_source(config, split)
+def eval_problems(config: Any, split: str, pool: Any) -> list[Any]:
+  """The evaluation problems: `config.eval.dataset` (default: the training dataset) / `split`."""
+  source = data_source(config, split, config.eval.dataset)
   n = len(source) if not config.eval.max_problems else min(len(source), config.eval.max_problems)
   from rlef_jax.data import records  # pylint: disable=g-import-not-at-top
-  return [to_problem(records.decode_example(source[i]), config) for i in range(n)]
+  return to_problems([records.decode_example(source[i]) for i in range(n)], config, pool)
 
 
 def rollout_settings(config: Any, *, evaluation: bool) -> rollout_lib.RolloutSettings:
@@ -226,7 +237,7 @@ def _problem_stream(run: Run, seed: int):
   iterator = pipeline.make_iterator(data_source(c, c.data.train_split), seed=seed, shuffle=True)
   for example in iterator:
     if example["problem"].get("solutions"):
-      yield to_problem(example, c), example["problem"]
+      yield to_problems([example], c, run.pool)[0], example["problem"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +261,7 @@ def _this_process_iterator_state(saved: Any) -> Any:
 
 
 def _round_problems(run: Run, iterator, count: int) -> list[Any]:
-  return [to_problem(next(iterator), run.config) for _ in range(count)]
+  return to_problems([next(iterator) for _ in range(count)], run.config, run.pool)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +362,7 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
       start_step = int(state.step)
       print(f"[train] resumed from step {start_step} in {workdir}", flush=True)
 
-    problems_eval = eval_problems(c, c.eval.split)
+    problems_eval = eval_problems(c, c.eval.split, run.pool)
     results = {}
     # Process 0 writes the evaluations; it decides for all (other hosts may not see its files).
     before_done = distributed.allgather_objects(
@@ -474,7 +485,7 @@ def evaluate_main(argv: Sequence[str]) -> None:
       state, _ = checkpointer.restore(step, checkpoint_lib.abstract_like(template))
       params, name = state.policy_params, f"step_{step}"
     split = _SPLIT.value or c.eval.split
-    problems = eval_problems(c, split)
+    problems = eval_problems(c, split, run.pool)
     run_evaluation(run, params, problems, f"evaluate_{name}_{split}",
                    jax.random.key(c.train.seed + 7))
   finally:

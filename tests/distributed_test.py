@@ -298,7 +298,9 @@ def test_a_trainer_round_in_two_processes_matches_one_process(tmp_path, syntheti
   assert len(ref_params) > 5
   for name, want in ref_params.items():
     np.testing.assert_array_equal(procs[0][name], procs[1][name])
-    np.testing.assert_allclose(procs[0][name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+    # Adam divides by sqrt(v): a float-rounding difference in a gradient moves some parameters by a
+    # few 1e-6 (observed once: 3e-6 on one of 15712 entries), so the tolerance matches the updates'.
+    np.testing.assert_allclose(procs[0][name], want, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_train_stops_and_resumes_in_two_processes(tmp_path, synthetic_data_dir):
@@ -319,7 +321,7 @@ def test_train_stops_and_resumes_in_two_processes(tmp_path, synthetic_data_dir):
   assert len(episodes) == 12
   from rlef_jax import train as train_lib
   config = _load_train_worker().tiny_config(synthetic_data_dir)
-  names = [p.name for p in train_lib.eval_problems(config, config.eval.split)]
+  names = [p.name for p in train_lib.eval_problems(config, config.eval.split, pool=None)]
   assert len(names) == 3
   # Outcomes come back in problem order although processes ran different blocks.
   assert [json.loads(line)["problem"] for line in episodes] == names + [n for n in names for _ in range(3)]

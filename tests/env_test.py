@@ -10,6 +10,7 @@ import pytest
 
 from rlef_jax import env, synthetic
 from rlef_jax.execution import Verdict
+from conftest import generation_prompt_ids, user_turn_ids
 
 BACKTICKS = ("Your code should be enclosed in triple backticks like so: ```python YOUR CODE HERE ```. "
              "Use the backticks for your code only.")
@@ -79,11 +80,15 @@ def test_wrong_then_right(tok, pool, records, problems):
     feedback = wrong_answer_feedback(problem.public_cases, actuals)
     assert [t.feedback for t in episode.turns] == [feedback, None]
     expected = (tok.encode_dialog(list(problem.messages)) + tok.encode(texts[0]) + [tok.eot_id]
-                + tok.encode_message("user", feedback) + tok.assistant_header() + tok.encode(texts[1]) + [tok.eot_id])
+                + user_turn_ids(tok, feedback) + tok.encode(texts[1]) + [tok.eot_id])
+    # The whole dialogue rendered by the template at once gives the same tokens (token-in/token-out).
+    whole = [*problem.messages, {"role": "assistant", "content": texts[0]}, {"role": "user", "content": feedback},
+             {"role": "assistant", "content": texts[1]}]
+    assert tok.encode_dialog(whole, add_generation_prompt=False) == expected
     assert episode.tokens == tuple(expected)
     assert sum(episode.policy_mask) == len(tok.encode(texts[0])) + len(tok.encode(texts[1])) + 2
     second = episode.turns[1]
-    assert episode.tokens[second.prompt_end - 1] == tok.assistant_header()[-1]
+    assert episode.tokens[second.prompt_end - 1] == generation_prompt_ids(tok)[-1]
     assert list(episode.tokens[second.prompt_end:second.response_end]) == tok.encode(texts[1]) + [tok.eot_id]
     assert episode.task_rewards == (0.0, 1.0) and episode.solved
 
@@ -264,13 +269,11 @@ def test_codecontests_record_limits_and_cases():
 def test_humaneval_plus_episode_with_prefill(tok, pool, tmp_path):
     import gzip
     import json
-    import pathlib
 
+    from rlef_jax.data import assets
     from rlef_jax.execution import evalplus
 
-    path = pathlib.Path(__file__).resolve().parents[2] / "shared/data/humanevalplus/HumanEvalPlus-Mini.jsonl.gz"
-    if not path.exists():
-        pytest.skip(f"{path} is not available")
+    path = assets.benchmark_file(assets.HUMANEVAL_PLUS_MINI)  # shipped: rlef_jax/assets/benchmarks
     with gzip.open(path, "rt") as f:
         task = json.loads(f.readline())
     prepared = evalplus.prepare_task(task)

@@ -1,6 +1,6 @@
 """Rollouts of a tiny random Llama on synthetic problems: token-in/token-out bookkeeping, the training
 arrays of `to_batch`, sampler-vs-trainer log-probs, determinism, grouping, random feedback and the
-context limit (paper §2.1, §3; peers.md "Multi-turn")."""
+context limit (paper §2.1, §3)."""
 
 import dataclasses
 
@@ -20,6 +20,7 @@ from rlef_jax import sharding
 from rlef_jax import synthetic
 from rlef_jax.execution import ExecutionPool
 from rlef_jax.tokenizer import ChatTokenizer
+from conftest import generation_prompt_ids, user_turn_ids
 
 TOKENIZER_DIR = "rlef_jax/assets/synthetic_tokenizer"
 MAX_TURNS = 3
@@ -138,7 +139,7 @@ def test_episode_tokens_are_the_fed_chunks_and_sampled_ids(recorded, tokenizer, 
       assert turn.response_end == len(expected)
       assert turn.truncated == (response[-1] not in tokenizer.stop_ids)
       if turn.feedback is not None:
-        expected += tokenizer.encode_message("user", turn.feedback) + tokenizer.assistant_header()
+        expected += user_turn_ids(tokenizer, turn.feedback)
     assert list(ep.tokens) == expected
     assert all(t.feedback is not None for t in ep.turns[:-1]) and ep.turns[-1].feedback is None
     assert [len(lp) for lp in rec.behaviour_logp] == [len(r) for r in responses]
@@ -149,7 +150,7 @@ def test_to_batch_layout(recorded, tokenizer):
   batch = rollout_lib.to_batch(records, max_turns=MAX_TURNS, pad_id=tokenizer.pad_id)
   B, L = batch["tokens_BxL"].shape
   assert L % 32 == 0 and L >= max(len(r.episode.tokens) for r in records)
-  header_last = tokenizer.assistant_header()[-1]
+  header_last = generation_prompt_ids(tokenizer)[-1]
   for b, rec in enumerate(records):
     ep = rec.episode
     n = len(ep.tokens)
@@ -229,8 +230,7 @@ def test_random_feedback_runs_other_problems_programs(model, llama_config, token
       assert turn.feedback
       # The message is another problem's test output, not this response's (which has no code).
       assert "No Python code" not in turn.feedback
-    expected_feedback = [tokenizer.encode_message("user", t.feedback) + tokenizer.assistant_header()
-                         for t in ep.turns[:-1]]
+    expected_feedback = [user_turn_ids(tokenizer, t.feedback) for t in ep.turns[:-1]]
     for turn, nxt, fb in zip(ep.turns, ep.turns[1:], expected_feedback):
       assert list(ep.tokens[turn.response_end:nxt.prompt_end]) == fb
   again, _ = engine.run(params, problems[:4], jax.random.key(3), feedback_problems=problems)

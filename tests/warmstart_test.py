@@ -16,6 +16,7 @@ from rlef_jax import model as model_lib
 from rlef_jax import synthetic
 from rlef_jax import warmstart
 from rlef_jax.tokenizer import ChatTokenizer
+from conftest import generation_prompt_ids, user_turn_ids
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -70,7 +71,7 @@ def test_multi_turn_dialogues_train_only_the_final_response(tokenizer, records, 
   with ExecutionPool(workers=2) as pool:
     examples = warmstart.feedback_blind_dialogues(pairs, tokenizer, env_config, pool, max_turns=3,
                                                   seed=0)
-  header = tokenizer.assistant_header()
+  header = generation_prompt_ids(tokenizer)
   for (problem, _), (ids, start) in zip(pairs, examples):
     prompt = list(env_lib.start(problem, tokenizer, env_config).tokens)
     assert ids[:len(prompt)] == prompt
@@ -86,7 +87,7 @@ def test_feedback_fraction_sets_how_often_the_final_answer_follows_the_feedback(
   pairs = [(env_lib.Problem.from_record("synthetic", r), r) for r in records]
   env_config = env_lib.default_env_config()
   env_config.default_time_s = 2.0
-  header = tokenizer.assistant_header()
+  header = generation_prompt_ids(tokenizer)
   with ExecutionPool(workers=2) as pool:
     make = lambda **kw: warmstart.feedback_blind_dialogues(pairs, tokenizer, env_config, pool,
                                                            max_turns=3, seed=3, **kw)

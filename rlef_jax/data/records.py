@@ -21,6 +21,10 @@ EVALPLUS_FIELDS = (
     "contract",
 )
 MBPP_PLUS_FIELDS = (*EVALPLUS_FIELDS, "assertion")
+# MBPP as an RL task set: the CodeContests roles (public tests shown in the prompt and fed back, private
+# tests scoring), with assert statements as tests (docs/DESIGN.md "Data records").
+MBPP_FIELDS = ("name", "description", "public_tests", "private_tests", "generated_tests", "solutions",
+               "incorrect_solutions", "time_limit", "memory_limit_bytes", "test_setup_code")
 
 
 class RecordError(ValueError):
@@ -92,3 +96,27 @@ def time_limit_seconds(record: Mapping[str, Any]) -> float | None:
         return None
     seconds = float(limit.get("seconds") or 0) + float(limit.get("nanos") or 0) * 1e-9
     return seconds if seconds > 0 and math.isfinite(seconds) else None
+
+
+def validate_mbpp_record(record: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    """Checks an MBPP task-set record: tests are lists of `assert` statements, at least one public and
+    one private; returns it as a plain dict."""
+    missing = [f for f in MBPP_FIELDS if f not in record]
+    if missing:
+        raise RecordError(f"{where}: record lacks the MBPP task fields {missing}.")
+    for field in ("name", "description", "test_setup_code"):
+        if not isinstance(record[field], str):
+            raise RecordError(f"{where}: {field!r} must be a string.")
+    for field in ("public_tests", "private_tests", "generated_tests", "solutions", "incorrect_solutions"):
+        if not isinstance(record[field], list) or not all(isinstance(s, str) for s in record[field]):
+            raise RecordError(f"{where}: {field!r} must be a list of strings.")
+    for field in ("public_tests", "private_tests", "generated_tests"):
+        bad = [t for t in record[field] if not t.lstrip().startswith("assert")]
+        if bad:
+            raise RecordError(f"{where}: {field!r} must hold assert statements, got {bad[0][:80]!r}.")
+    if not record["public_tests"] or not record["private_tests"]:
+        raise RecordError(f"{where}: needs at least one public and one private test, got "
+                          f"{len(record['public_tests'])} and {len(record['private_tests'])}.")
+    if record["time_limit"] is not None or not isinstance(record["memory_limit_bytes"], int):
+        raise RecordError(f"{where}: 'time_limit' must be null and 'memory_limit_bytes' an int (0: default).")
+    return dict(record)

@@ -15,7 +15,8 @@ import sys
 
 TFDS_MODULE = "tensorflow_datasets"
 # The modules defining the builder classes (a class registers itself with TFDS when it is defined).
-BUILDER_MODULES = ("rlef_jax.data.code_contests", "rlef_jax.data.evalplus", "rlef_jax.data.synthetic")
+BUILDER_MODULES = ("rlef_jax.data.code_contests", "rlef_jax.data.evalplus", "rlef_jax.data.mbpp",
+                   "rlef_jax.data.synthetic")
 
 
 def register_builders() -> None:

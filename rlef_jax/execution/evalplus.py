@@ -150,13 +150,26 @@ def assertion_cases(task: dict) -> list[AssertCase]:
     """MBPP+ `assertion` split into one case per assert, each rewritten as a unittest call."""
     if not task.get("assertion"):
         raise ValueError(f"{task['task_id']} has no 'assertion' field (only MBPP+ tasks do)")
-    cases = []
-    for node in ast.parse(task["assertion"]).body:
-        if isinstance(node, ast.Assert):
-            text = unittest_form(node)
-            code = f"import unittest as _ut\n_ut.TestCase().{text}\n"
-            cases.append(AssertCase(text=text, code=code))
-    return cases
+    return [_assert_node_case(node) for node in ast.parse(task["assertion"]).body
+            if isinstance(node, ast.Assert)]
+
+
+def _assert_node_case(node: ast.Assert, setup: str = "") -> AssertCase:
+    text = unittest_form(node)
+    prefix = f"{setup}\n" if setup else ""
+    return AssertCase(text=text, code=f"{prefix}import unittest as _ut\n_ut.TestCase().{text}\n")
+
+
+def assert_case(statement: str, *, setup: str = "", where: str = "test") -> AssertCase:
+    """One `assert` statement as an AssertCase shown and run as its unittest call (paper §1.6);
+    `setup` (e.g. MBPP's `test_setup_code`) runs before it."""
+    try:
+        body = ast.parse(statement.strip()).body
+    except SyntaxError as e:
+        raise ValueError(f"{where}: test {statement[:80]!r} is not valid Python ({e.msg}).") from None
+    if len(body) != 1 or not isinstance(body[0], ast.Assert):
+        raise ValueError(f"{where}: test {statement[:80]!r} must be a single assert statement.")
+    return _assert_node_case(body[0], setup)
 
 
 def unittest_form(node: ast.Assert) -> str:

@@ -83,8 +83,8 @@ def round_part(out: str, data_dir: str) -> None:
     state = round_batch.on_mesh(state, run.mesh)
 
     source = train_lib.data_source(config, "train[:8]")
-    problems = [train_lib.to_problem(records_lib.decode_example(source[i]), config)
-                for i in range(EPISODES)]
+    problems = train_lib.to_problems([records_lib.decode_example(source[i]) for i in range(EPISODES)],
+                                     config, run.pool)
     per = EPISODES // jax.process_count()
     mine = problems[jax.process_index() * per:(jax.process_index() + 1) * per]
     settings = train_lib.rollout_settings(config, evaluation=False)
