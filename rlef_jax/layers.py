@@ -25,7 +25,7 @@ if TYPE_CHECKING:
   from rlef_jax.model import KVCache, LlamaConfig
 
 ACT_BLD = ("activation_batch", "activation_length", "activation_embed")
-CACHE_AXES = ("layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")  # one layer's k or v
 
 
 def _fan_in_init(in_axes: tuple[int, ...], out_axes: tuple[int, ...]):
@@ -89,22 +89,50 @@ class RMSNorm(nn.Module):
     return y_BxLxD * scale_D.astype(cfg.compute_jnp_dtype)
 
 
-def _write_cache(cache_BxSxKxDh: jnp.ndarray, new_BxLxKxDh: jnp.ndarray,
+def _write_cache(cache_BxKxSxDh: jnp.ndarray, new_BxKxLxDh: jnp.ndarray,
                  lengths_B: jnp.ndarray) -> jnp.ndarray:
-  """Writes row b's new keys (or values) to slots `lengths_B[b] + i`; writes past the cache end are
-  dropped (not shifted back as `dynamic_update_slice` would), so a chunk wider than a row needs, or
-  the pad tokens of a finished row, can never overwrite that row's history."""
-  L = new_BxLxKxDh.shape[1]
+  """Writes row b's new keys (or values) to slots `lengths_B[b] + i`, in place on a donated buffer;
+  writes past the cache end are dropped (not shifted back as `dynamic_update_slice` would), so a chunk
+  wider than a row needs, or the pad tokens of a finished row, can never overwrite that row's history."""
+  L = new_BxKxLxDh.shape[2]
 
-  def write(c_SxKxDh, n_LxKxDh, start):
-    return c_SxKxDh.at[start + jnp.arange(L)].set(n_LxKxDh, mode="drop")
+  def write(c_KxSxDh, n_KxLxDh, start):
+    return c_KxSxDh.at[:, start + jnp.arange(L)].set(n_KxLxDh, mode="drop")
 
-  return jax.vmap(write)(cache_BxSxKxDh, new_BxLxKxDh.astype(cache_BxSxKxDh.dtype), lengths_B)
+  return jax.vmap(write)(cache_BxKxSxDh, new_BxKxLxDh.astype(cache_BxKxSxDh.dtype), lengths_B)
+
+
+def _cached_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, kv, positions_BxL, lengths_B, dt,
+                      attend_slots=None):
+  """Attention of the new tokens over the cache (after writing them into it), in the cache's
+  `[B, K, S, Dh]` layout: batch dims (b, k) lead in both operands, so no step transposes the cache.
+  `attend_slots` (static): attend over the first W slots only, so a step costs O(W), not O(S), when
+  the caller knows that every row's positions stay below W. Returns
+  `(out_BxLxHxDh, (k_BxKxSxDh, v_BxKxSxDh))`."""
+  B, L, H, Dh = q_BxLxHxDh.shape
+  K = k_BxLxKxDh.shape[2]
+  k_BxKxSxDh = _write_cache(kv[0], k_BxLxKxDh.transpose(0, 2, 1, 3), lengths_B)
+  v_BxKxSxDh = _write_cache(kv[1], v_BxLxKxDh.transpose(0, 2, 1, 3), lengths_B)
+  k_BxKxSxDh = nn.with_logical_constraint(k_BxKxSxDh, CACHE_AXES)
+  v_BxKxSxDh = nn.with_logical_constraint(v_BxKxSxDh, CACHE_AXES)
+  W = k_BxKxSxDh.shape[2] if attend_slots is None else min(attend_slots, k_BxKxSxDh.shape[2])
+  k_BxKxWxDh, v_BxKxWxDh = k_BxKxSxDh[:, :, :W], v_BxKxSxDh[:, :, :W]
+  q_BxKxGxLxDh = q_BxLxHxDh.reshape(B, L, K, H // K, Dh).transpose(0, 2, 3, 1, 4)
+  scores_BxKxGxLxW = jnp.einsum("bkgld,bkwd->bkglw", q_BxKxGxLxDh, k_BxKxWxDh.astype(dt),
+                                preferred_element_type=jnp.float32) * (Dh ** -0.5)
+  visible_BxLxW = jnp.arange(W, dtype=jnp.int32)[None, None, :] <= positions_BxL[:, :, None]
+  scores_BxKxGxLxW = jnp.where(visible_BxLxW[:, None, None], scores_BxKxGxLxW, jnp.finfo(jnp.float32).min)
+  probs_BxKxGxLxW = jax.nn.softmax(scores_BxKxGxLxW, axis=-1).astype(dt)
+  out_BxKxGxLxDh = jnp.einsum("bkglw,bkwd->bkgld", probs_BxKxGxLxW, v_BxKxWxDh.astype(dt))
+  out_BxLxHxDh = out_BxKxGxLxDh.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
+  return out_BxLxHxDh, (k_BxKxSxDh, v_BxKxSxDh)
 
 
 class Attention(nn.Module):
-  """Causal grouped-query attention; K/V heads are shared by G query heads without being repeated."""
+  """Causal grouped-query attention; K/V heads are shared by G query heads without being repeated.
+  `attend_slots`: with a cache, attend over its first slots only (see `_cached_attention`)."""
   config: "LlamaConfig"
+  attend_slots: int | None = None
 
   @nn.compact
   def __call__(self, x_BxLxD, kv, positions_BxL, lengths_B):
@@ -126,24 +154,19 @@ class Attention(nn.Module):
     k_BxLxKxDh = nn.with_logical_constraint(rope.apply(k_BxLxKxDh, positions_BxL, freq), kv_names)
     v_BxLxKxDh = nn.with_logical_constraint(v_BxLxKxDh, kv_names)
 
-    if kv is None:
-      k_BxSxKxDh, v_BxSxKxDh, key_pos_BxS = k_BxLxKxDh, v_BxLxKxDh, positions_BxL
+    if kv is not None:
+      out_BxLxHxDh, kv = _cached_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, kv, positions_BxL,
+                                           lengths_B, dt, self.attend_slots)
     else:
-      k_BxSxKxDh = _write_cache(kv[0], k_BxLxKxDh, lengths_B)
-      v_BxSxKxDh = _write_cache(kv[1], v_BxLxKxDh, lengths_B)
-      kv = (k_BxSxKxDh, v_BxSxKxDh)
-      S = k_BxSxKxDh.shape[1]
-      key_pos_BxS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
-    visible_BxLxS = key_pos_BxS[:, None, :] <= positions_BxL[:, :, None]
-
-    q_BxLxKxGxDh = q_BxLxHxDh.reshape(B, L, K, H // K, Dh)
-    scores_BxKxGxLxS = jnp.einsum("blkgd,bskd->bkgls", q_BxLxKxGxDh, k_BxSxKxDh.astype(dt),
-                                  preferred_element_type=jnp.float32) * (Dh ** -0.5)
-    scores_BxKxGxLxS = jnp.where(visible_BxLxS[:, None, None], scores_BxKxGxLxS,
-                                 jnp.finfo(jnp.float32).min)
-    probs_BxKxGxLxS = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(dt)
-    out_BxLxKxGxDh = jnp.einsum("bkgls,bskd->blkgd", probs_BxKxGxLxS, v_BxSxKxDh.astype(dt))
-    out_BxLxHxDh = out_BxLxKxGxDh.reshape(B, L, H, Dh)
+      visible_BxLxL = positions_BxL[:, None, :] <= positions_BxL[:, :, None]
+      q_BxLxKxGxDh = q_BxLxHxDh.reshape(B, L, K, H // K, Dh)
+      scores_BxKxGxLxL = jnp.einsum("blkgd,bskd->bkgls", q_BxLxKxGxDh, k_BxLxKxDh.astype(dt),
+                                    preferred_element_type=jnp.float32) * (Dh ** -0.5)
+      scores_BxKxGxLxL = jnp.where(visible_BxLxL[:, None, None], scores_BxKxGxLxL,
+                                   jnp.finfo(jnp.float32).min)
+      probs_BxKxGxLxL = jax.nn.softmax(scores_BxKxGxLxL, axis=-1).astype(dt)
+      out_BxLxKxGxDh = jnp.einsum("bkgls,bskd->blkgd", probs_BxKxGxLxL, v_BxLxKxDh.astype(dt))
+      out_BxLxHxDh = out_BxLxKxGxDh.reshape(B, L, H, Dh)
     out_BxLxD = Proj((H, Dh, D), ("q_heads", "head_dim", "embed"), "blhk,hkd->bld", (0, 1), dt, pdt,
                      name="o")(out_BxLxHxDh)
     return nn.with_logical_constraint(out_BxLxD, ACT_BLD), kv
@@ -170,13 +193,15 @@ class DecoderLayer(nn.Module):
   """Pre-norm residual block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 
   Signature `(carry, *inputs) -> (carry, output)` so that `nn.scan` can stack it: the carry is the
-  hidden state, `kv` (this layer's cache or None) is scanned, positions and lengths are broadcast.
+  hidden state, the rest is broadcast. `kv` is this layer's cache buffers (unrolled decoding) or None,
+  and the output its updated buffers.
   """
   config: "LlamaConfig"
+  attend_slots: int | None = None
 
   @nn.compact
   def __call__(self, x_BxLxD, kv, positions_BxL, lengths_B):
-    attn_BxLxD, kv = Attention(self.config, name="attn")(
+    attn_BxLxD, kv = Attention(self.config, self.attend_slots, name="attn")(
         RMSNorm(self.config, name="input_norm")(x_BxLxD), kv, positions_BxL, lengths_B)
     x_BxLxD = x_BxLxD + attn_BxLxD
     x_BxLxD = x_BxLxD + MLP(self.config, name="mlp")(
@@ -184,25 +209,20 @@ class DecoderLayer(nn.Module):
     return nn.with_logical_constraint(x_BxLxD, ACT_BLD), kv
 
 
-def decoder(cfg: "LlamaConfig", tokens_BxL: jnp.ndarray, cache: "KVCache | None"
-            ) -> tuple[jnp.ndarray, Embed, tuple[jnp.ndarray, jnp.ndarray] | None]:
+def decoder(cfg: "LlamaConfig", tokens_BxL: jnp.ndarray, cache: "KVCache | None",
+            attend_slots: int | None = None) -> tuple[jnp.ndarray, Embed, tuple[tuple, tuple] | None]:
   """Embedding, N decoder layers and the final norm, created inside the calling compact module.
 
   Returns the normalised hidden states, the embedding module (for tied output projections) and the
-  updated `(k_NxBxSxKxDh, v_NxBxSxKxDh)` (None without a cache). Token i of row b sits at position
-  `lengths_B[b] + i` (just `i` without a cache).
+  updated per-layer `(keys, values)` (None without a cache). Token i of row b sits at position
+  `lengths_B[b] + i` (just `i` without a cache). With a cache the layers run unrolled (the caller
+  checks), each on its own cache buffer, attending over its first `attend_slots` slots (all: None).
   """
   B, L = tokens_BxL.shape
   embed = Embed(cfg, name="embed")
   x_BxLxD = embed(tokens_BxL)
   offsets_L = jnp.arange(L, dtype=jnp.int32)
-  if cache is None:
-    lengths_B = jnp.zeros((B,), jnp.int32)
-    kv_all = None
-  else:
-    lengths_B = cache.lengths_B.astype(jnp.int32)
-    kv_all = (nn.with_logical_constraint(cache.k_NxBxSxKxDh, CACHE_AXES),
-              nn.with_logical_constraint(cache.v_NxBxSxKxDh, CACHE_AXES))
+  lengths_B = jnp.zeros((B,), jnp.int32) if cache is None else cache.lengths_B.astype(jnp.int32)
   positions_BxL = lengths_B[:, None] + offsets_L[None, :]
 
   layer_cls = DecoderLayer
@@ -210,15 +230,18 @@ def decoder(cfg: "LlamaConfig", tokens_BxL: jnp.ndarray, cache: "KVCache | None"
     layer_cls = nn.remat(layer_cls, prevent_cse=not cfg.scan_layers)
   if cfg.scan_layers:
     stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                    in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                    in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
-    x_BxLxD, kv_all = stack(cfg, name="layers")(x_BxLxD, kv_all, positions_BxL, lengths_B)
-  else:
-    for i in range(cfg.num_layers):
-      kv_i = None if kv_all is None else (kv_all[0][i], kv_all[1][i])
-      x_BxLxD, kv_i = layer_cls(cfg, name=f"layers_{i}")(x_BxLxD, kv_i, positions_BxL, lengths_B)
-      if kv_all is not None:
-        kv_all = (kv_all[0].at[i].set(kv_i[0]), kv_all[1].at[i].set(kv_i[1]))
-  if kv_all is not None:
-    kv_all = tuple(nn.with_logical_constraint(c, CACHE_AXES) for c in kv_all)
+    x_BxLxD, _ = stack(cfg, name="layers")(x_BxLxD, None, positions_BxL, lengths_B)
+    return RMSNorm(cfg, name="norm")(x_BxLxD), embed, None
+  keys, values = [], []
+  for i in range(cfg.num_layers):
+    kv_i = None if cache is None else (nn.with_logical_constraint(cache.keys[i], CACHE_AXES),
+                                       nn.with_logical_constraint(cache.values[i], CACHE_AXES))
+    x_BxLxD, kv_i = layer_cls(cfg, attend_slots, name=f"layers_{i}")(x_BxLxD, kv_i, positions_BxL,
+                                                                   lengths_B)
+    if kv_i is not None:
+      keys.append(kv_i[0])
+      values.append(kv_i[1])
+  kv_all = None if cache is None else (tuple(keys), tuple(values))
   return RMSNorm(cfg, name="norm")(x_BxLxD), embed, kv_all

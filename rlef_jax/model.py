@@ -13,6 +13,7 @@ Dh head dim, F MLP hidden, V vocab, N layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -117,10 +118,27 @@ def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
 
 @flax.struct.dataclass
 class KVCache:
-  """Per-layer keys/values (after RoPE) of every sequence so far; row b fills slots `< lengths_B[b]`."""
-  k_NxBxSxKxDh: jnp.ndarray
-  v_NxBxSxKxDh: jnp.ndarray
+  """Keys/values (after RoPE) of every sequence so far, one buffer per layer in the attention's own
+  layout `[B, K, S, Dh]`; row b fills slots `< lengths_B[b]`.
+
+  One buffer per layer (not one stacked `[N, ...]` array): a decode step writes one slot of each
+  layer in place and the attention reads the layer's buffer directly, so no step copies a layer's
+  cache (slicing a stacked cache, or a `[B, S, K, Dh]` layout the attention must transpose, copies it
+  every step: the step then costs O(allocated slots) in memory traffic). Decoding therefore runs
+  the layers unrolled (`prepare_for_decoding` unstacks scan-trained params once).
+  """
+  keys: tuple  # N arrays k_BxKxSxDh
+  values: tuple  # N arrays v_BxKxSxDh
   lengths_B: jnp.ndarray
+
+  @property
+  def batch_size(self) -> int:
+    return self.lengths_B.shape[0]
+
+  @property
+  def capacity(self) -> int:
+    """S, the slots allocated per row."""
+    return self.keys[0].shape[2]
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int) -> KVCache:
@@ -128,10 +146,36 @@ def init_cache(config: LlamaConfig, batch_size: int, max_length: int) -> KVCache
   if batch_size <= 0 or max_length <= 0:
     raise ValueError(f"init_cache needs positive batch_size and max_length, got {batch_size}, "
                      f"{max_length}")
-  shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
-  # Two separate buffers: a cache is donated to the sampler, and one buffer cannot be donated twice.
-  return KVCache(jnp.zeros(shape, config.compute_jnp_dtype), jnp.zeros(shape, config.compute_jnp_dtype),
-                 jnp.zeros((batch_size,), jnp.int32))
+  shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
+  # Separate buffers: a cache is donated to the sampler, and one buffer cannot be donated twice.
+  zeros = lambda: tuple(jnp.zeros(shape, config.compute_jnp_dtype) for _ in range(config.num_layers))
+  return KVCache(zeros(), zeros(), jnp.zeros((batch_size,), jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("capacity",))
+def grow_cache(cache: KVCache, capacity: int) -> KVCache:
+  """`cache` with `capacity` slots per row (>= its current capacity); the new slots are empty."""
+  pad = ((0, 0), (0, 0), (0, capacity - cache.capacity), (0, 0))
+  grow = lambda xs: tuple(jnp.pad(x, pad) for x in xs)
+  return KVCache(grow(cache.keys), grow(cache.values), cache.lengths_B)
+
+
+def unstack_layers(params: Any) -> Any:
+  """Params of a `scan_layers=True` model (`layers`, stacked on a leading axis) as those of the same
+  model unrolled (`layers_0` ... `layers_{N-1}`); other params are returned as they are."""
+  if not isinstance(params, dict) or "layers" not in params:
+    return params
+  stacked = params["layers"]
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  out = {k: v for k, v in params.items() if k != "layers"}
+  for i in range(n):
+    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return out
+
+
+def decoding_config(config: LlamaConfig) -> LlamaConfig:
+  """The config a decoding model uses: layers unrolled (one cache buffer each), no remat."""
+  return dataclasses.replace(config, scan_layers=False, remat=False)
 
 
 def _check_tokens(tokens_BxL, cache: KVCache | None, num_new_B) -> None:
@@ -142,8 +186,8 @@ def _check_tokens(tokens_BxL, cache: KVCache | None, num_new_B) -> None:
       raise ValueError("num_new_B is only meaningful with a cache; pass cache=... or drop num_new_B")
     return
   B, _ = tokens_BxL.shape
-  if cache.k_NxBxSxKxDh.shape[1] != B or cache.lengths_B.shape != (B,):
-    raise ValueError(f"cache batch size {cache.k_NxBxSxKxDh.shape[1]} does not match tokens batch "
+  if cache.keys[0].shape[0] != B or cache.lengths_B.shape != (B,):
+    raise ValueError(f"cache batch size {cache.keys[0].shape[0]} does not match tokens batch "
                      f"size {B}; build the cache with init_cache(config, {B}, max_length)")
   if num_new_B is not None and jnp.shape(num_new_B) != (B,):
     raise ValueError(f"num_new_B must have shape ({B},), got {jnp.shape(num_new_B)}")
@@ -161,15 +205,23 @@ class Llama(nn.Module):
   `logits_at_B`: compute logits only at position `logits_at_B[b]` of each row (`logits_Bx1xV`): a
   prefill that samples from its last token then never holds the B × L × V logits (at 8B, 128k
   vocabulary and a 2k-token chunk that is 1 GB per row).
+
+  `attend_slots` (static, with a cache): attend over the cache's first slots only — a decode step
+  then costs O(attend_slots), not O(capacity); callers guarantee every position stays below it.
   """
   config: LlamaConfig
 
   @nn.compact
   def __call__(self, tokens_BxL, cache: KVCache | None = None, num_new_B=None, logits_at_B=None,
-               return_hidden: bool = False):
+               return_hidden: bool = False, attend_slots: int | None = None):
     cfg = self.config
     _check_tokens(tokens_BxL, cache, num_new_B)
-    x_BxLxD, embed, kv = layers.decoder(cfg, tokens_BxL, cache)
+    if cache is not None and (cfg.scan_layers or len(cache.keys) != cfg.num_layers):
+      raise ValueError(
+          "decoding with a KV cache runs the layers unrolled, one cache buffer per layer: use "
+          "Llama(decoding_config(config)) with unstack_layers(params) (sampler.prepare does both), "
+          f"and init_cache(config, ...) for {cfg.num_layers} layers")
+    x_BxLxD, embed, kv = layers.decoder(cfg, tokens_BxL, cache, attend_slots)
     if return_hidden:  # the final normalised hidden states, for `token_logprobs` (no cache)
       return x_BxLxD, None
     if logits_at_B is not None:

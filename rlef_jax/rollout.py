@@ -22,6 +22,7 @@ import time
 from typing import Any, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rlef_jax import distributed
@@ -39,6 +40,7 @@ class RolloutSettings:
   top_p: float                 # 1.0 in training, 0.95 in evaluation
   num_groups: int = 2          # groups visited round-robin so execution overlaps generation
   length_bucket: int = 64      # prefill chunks are padded to a multiple of this (fewer compilations)
+  min_cache: int = 256         # smallest KV-cache capacity; capacities are powers of two times this
 
 
 @dataclasses.dataclass
@@ -67,6 +69,7 @@ class RolloutStats:
 @dataclasses.dataclass
 class _Group:
   rows: list[int]                  # indices into this process's episode list
+  episode_ids: np.ndarray          # global episode index per cache row (sampling keys), -1 = idle row
   states: list[Any]
   size: int                        # this process's cache rows: len(rows) padded (see `run`)
   global_size: int                 # cache rows over all processes (`size` × process count)
@@ -96,6 +99,17 @@ def round_up(n: int, bucket: int) -> int:
   return max(bucket, -(-n // bucket) * bucket)
 
 
+def cache_capacity(needed: int, minimum: int, maximum: int) -> int:
+  """The KV-cache capacity for `needed` slots: `minimum` times a power of two, at most `maximum`.
+
+  A decode step attends over (and its cost grows with) the allocated slots, so a group's cache holds
+  what its rows need now and grows between calls; powers of two keep the compiled shapes few."""
+  capacity = minimum
+  while capacity < needed:
+    capacity *= 2
+  return min(capacity, maximum)
+
+
 class RolloutEngine:
   """Runs batches of episodes for one policy model; reusable across rounds (compilations are cached)."""
 
@@ -109,6 +123,7 @@ class RolloutEngine:
     self.settings = settings
     self.mesh = mesh
     self.stop_ids = tuple(sorted(tokenizer.stop_ids))
+    self.decoding_config = model_lib.decoding_config(llama_config)
 
   def _global(self, x: np.ndarray, global_size: int) -> Any:
     """This process's rows of a sampler input as the global array (as is in one process)."""
@@ -117,15 +132,23 @@ class RolloutEngine:
     from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
     return distributed.global_batch(x, sharding.data_sharding(self.mesh, x.ndim), global_size)
 
-  def _init_cache(self, batch_size: int) -> model_lib.KVCache:
+  def _init_cache(self, batch_size: int, capacity: int) -> model_lib.KVCache:
     if self.mesh is None:
-      return model_lib.init_cache(self.llama_config, batch_size, self.settings.max_context_length)
+      return model_lib.init_cache(self.decoding_config, batch_size, capacity)
     from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
-    return sharding.init_cache(self.llama_config, batch_size, self.settings.max_context_length,
-                               self.mesh)
+    return sharding.init_cache(self.decoding_config, batch_size, capacity, self.mesh)
+
+  def _fit_cache(self, group: _Group, needed: int) -> None:
+    """Grows the group's cache (between calls) so that `needed` slots per row fit."""
+    s = self.settings
+    if needed <= group.cache.capacity:
+      return
+    capacity = cache_capacity(needed, min(s.min_cache, s.max_context_length), s.max_context_length)
+    group.cache = model_lib.grow_cache(group.cache, capacity=capacity)
 
   # -- one group's turn -------------------------------------------------------------------------
-  def _sample_turn(self, group: _Group, params: Any, rng: jax.Array, stats: RolloutStats) -> None:
+  def _sample_turn(self, group: _Group, params: Any, model: Any, rng: jax.Array,
+                   stats: RolloutStats) -> None:
     s = self.settings
     active = [not st.done for st in group.states]
     fed = distributed.host_local(group.cache.lengths_B)
@@ -148,6 +171,9 @@ class RolloutEngine:
       return
     width = round_up(max(len(c) for c in chunks), s.length_bucket)
     width = distributed.agree_max(min(width, s.max_context_length))
+    # Room for the chunk, the response and the one slot that stays free (sampler.generate).
+    needed = max(int(fed[i]) + len(c) for i, c in enumerate(chunks) if active[i]) + s.max_new_tokens + 1
+    self._fit_cache(group, distributed.agree_max(min(needed, s.max_context_length)))
     new_BxL = np.full((group.size, width), self.tokenizer.pad_id, np.int32)
     num_new_B = np.zeros(group.size, np.int32)
     active_B = np.zeros(group.size, bool)
@@ -155,10 +181,16 @@ class RolloutEngine:
     for i, c in enumerate(chunks):
       new_BxL[i, :len(c)] = c
       num_new_B[i] = len(c)
+    # Row keys from (round key, episode, turn): an episode's draws do not depend on its batch-mates.
+    turn_B = np.array([len(st.turns) for st in group.states] + [0] * (group.size - len(group.states)))
+    keys_B = jax.vmap(lambda e, t: jax.random.fold_in(jax.random.fold_in(rng, e), t))(
+        jnp.asarray(np.maximum(group.episode_ids, 0)), jnp.asarray(turn_B))
+    key_data_Bx2 = np.asarray(jax.random.key_data(keys_B))
     t0 = time.perf_counter()
     out = sampler_lib.generate(
         params, group.cache, self._global(new_BxL, group.global_size),
-        self._global(num_new_B, group.global_size), rng, model=self.model,
+        self._global(num_new_B, group.global_size), self._global(key_data_Bx2, group.global_size),
+        model=model,
         max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
         stop_ids=self.stop_ids, pad_id=self.tokenizer.pad_id,
         active_B=self._global(active_B, group.global_size), mesh=self.mesh)
@@ -209,6 +241,7 @@ class RolloutEngine:
     """
     stats = RolloutStats()
     start = time.perf_counter()
+    params, model = sampler_lib.prepare(params, self.llama_config)  # once per call, not per step
     self._problems = list(feedback_problems if feedback_problems is not None else problems)
     self._np_rng = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist()
                                          if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
@@ -229,15 +262,18 @@ class RolloutEngine:
     multiple //= processes
     num_groups = max(1, min(s.num_groups, -(-len(problems) // multiple)))
     bounds = np.linspace(0, len(problems), num_groups + 1).astype(int)
+    first_episode = jax.process_index() * len(problems)  # processes run equal numbers of episodes
     groups = []
     for g in range(num_groups):
       rows = list(range(bounds[g], bounds[g + 1]))
       states = [env_lib.start(problems[r], self.tokenizer, self.env_config) for r in rows]
       size = -(-len(rows) // multiple) * multiple
-      groups.append(_Group(rows, states, size, size * processes, self._init_cache(size * processes),
+      episode_ids = np.full(size, -1, np.int64)
+      episode_ids[:len(rows)] = [first_episode + r for r in rows]
+      groups.append(_Group(rows, episode_ids, states, size, size * processes,
+                           self._init_cache(size * processes, min(s.min_cache, s.max_context_length)),
                            {}, [[] for _ in rows], [False] * len(rows)))
 
-    step = 0
     while distributed.agree_max(not all(all(st.done for st in g.states) and not g.futures
                                         for g in groups)):
       for g in groups:
@@ -245,8 +281,7 @@ class RolloutEngine:
           self._collect(g, stats)
         if not distributed.agree_max(not all(st.done for st in g.states)):
           continue
-        self._sample_turn(g, params, jax.random.fold_in(rng, step), stats)
-        step += 1
+        self._sample_turn(g, params, model, rng, stats)
 
     # Score every final solution on the private (+ generated) tests, all jobs in flight at once.
     records: list[Optional[EpisodeRecord]] = [None] * len(problems)

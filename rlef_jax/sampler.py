@@ -10,6 +10,14 @@ Log-probs are returned under two distributions: the one actually sampled from (t
 top-p-truncated and renormalised; 0 for greedy, a point mass) and the raw model at temperature 1, which
 is the behaviour policy π_b of the PPO correction when training samples at T = 1 (paper §3).
 
+Randomness is per row: row b's t-th token of a call is drawn with `fold_in(key_b, t)`, so what a row
+samples depends on its own key and tokens only, never on which other rows share its batch (the
+rollout derives `key_b` from the episode's index and turn).
+
+Decoding runs the layers unrolled on a per-layer KV cache (`rlef_jax.model.KVCache`): `prepare`
+turns the policy's params into the sampling model's once per round (scan-stacked layers unstacked,
+floating params cast to the compute dtype), so no decode step slices, casts or copies weights or cache.
+
 Shape letters: B rows, L new tokens, S cache length, T generated tokens (`max_new_tokens`), V vocab.
 """
 
@@ -26,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlef_jax import distributed
+from rlef_jax import model as model_lib
 from rlef_jax.model import KVCache
 
 
@@ -61,15 +70,39 @@ def sampling_logprobs_BxV(logits_BxV: jax.Array, temperature: float, top_p: floa
   return jax.nn.log_softmax(scaled_BxV, axis=-1)
 
 
-def _sample_B(logits_BxV, rng, temperature, top_p):
-  """(token, log-prob under the sampling distribution, log-prob under the raw T = 1 model)."""
+def prepare(params: Any, config: model_lib.LlamaConfig) -> tuple[Any, nn.Module]:
+  """(sampling params, sampling model) for the policy's `params` of a `config` model: layers unrolled
+  (`model.unstack_layers`) and floating params in the compute dtype, made once (e.g. per round) so
+  that decoding neither slices stacked layers nor casts weights at every step."""
+  dtype = config.compute_jnp_dtype
+  cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype else x
+  params = nn.meta.unbox(params)
+  if config.scan_layers or any(cast(x) is not x for x in jax.tree.leaves(params)):
+    params = jax.jit(lambda p: jax.tree.map(cast, model_lib.unstack_layers(p)))(params)
+  return params, model_lib.Llama(model_lib.decoding_config(config))
+
+
+def row_keys(rng: jax.Array, batch_size: int) -> jax.Array:
+  """`[B]` typed keys from one key (`fold_in(rng, row)`), a `[B]` key array, or raw `[B, 2]` key data."""
+  rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    if rng.ndim == 0:
+      return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch_size))
+    return rng
+  return jax.random.wrap_key_data(rng.astype(jnp.uint32))
+
+
+def _sample_B(logits_BxV, keys_B, step_B, temperature, top_p):
+  """(token, log-prob under the sampling distribution, log-prob under the raw T = 1 model); row b
+  draws with `fold_in(keys_B[b], step_B[b])`."""
   raw_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
   if temperature == 0.0:
     token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
     logp_B = jnp.zeros(token_B.shape, jnp.float32)
   else:
     logq_BxV = sampling_logprobs_BxV(logits_BxV, temperature, top_p)
-    token_B = jax.random.categorical(rng, logq_BxV, axis=-1).astype(jnp.int32)
+    draw = lambda key, step, logq_V: jax.random.categorical(jax.random.fold_in(key, step), logq_V)
+    token_B = jax.vmap(draw)(keys_B, step_B, logq_BxV).astype(jnp.int32)
     logp_B = jnp.take_along_axis(logq_BxV, token_B[:, None], axis=-1)[:, 0]
   raw_B = jnp.take_along_axis(raw_BxV, token_B[:, None], axis=-1)[:, 0]
   return token_B, logp_B, raw_B
@@ -77,11 +110,12 @@ def _sample_B(logits_BxV, rng, temperature, top_p):
 
 @functools.partial(
     jax.jit, donate_argnames=("cache",),
-    static_argnames=("model", "max_new_tokens", "temperature", "top_p", "stop_ids", "pad_id", "mesh"))
-def _generate(params, cache, new_tokens_BxL, num_new_B, active_B, rng, *, model, max_new_tokens,
-              temperature, top_p, stop_ids, pad_id, mesh):
+    static_argnames=("model", "max_new_tokens", "temperature", "top_p", "stop_ids", "pad_id", "mesh",
+                     "attend_slots"))
+def _generate(params, cache, new_tokens_BxL, num_new_B, active_B, keys_B, *, model, max_new_tokens,
+              temperature, top_p, stop_ids, pad_id, mesh, attend_slots):
   del mesh  # only part of the compilation key: tracing under a mesh adds sharding constraints
-  S = cache.k_NxBxSxKxDh.shape[2]
+  S = cache.capacity
   T = max_new_tokens
   stop_ids_K = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
   is_stop = lambda tok_B: jnp.any(tok_B[:, None] == stop_ids_K[None, :], axis=-1)
@@ -89,14 +123,13 @@ def _generate(params, cache, new_tokens_BxL, num_new_B, active_B, rng, *, model,
 
   last_B = jnp.maximum(num_new_B - 1, 0)
   logits_Bx1xV, cache = model.apply({"params": params}, new_tokens_BxL, cache=cache,
-                                    num_new_B=num_new_B, logits_at_B=last_B)
+                                    num_new_B=num_new_B, logits_at_B=last_B, attend_slots=attend_slots)
   logits_BxV = logits_Bx1xV[:, 0]
   # Each generated token is written to the cache; a row keeps one slot free because the model
   # writes a (discarded) pad token at every row's end in each decoding step.
   budget_B = jnp.where(active_B, jnp.clip(S - 1 - cache.lengths_B, 0, T), 0)
 
-  rng, key = jax.random.split(rng)
-  token_B, logp_B, raw_B = _sample_B(logits_BxV, key, temperature, top_p)
+  token_B, logp_B, raw_B = _sample_B(logits_BxV, keys_B, jnp.zeros_like(num_new_B), temperature, top_p)
   go_B = budget_B > 0
   first_BxT = (index_T[None, :] == 0) & go_B[:, None]
   tokens_BxT = jnp.where(first_BxT, token_B[:, None], pad_id).astype(jnp.int32)
@@ -106,16 +139,16 @@ def _generate(params, cache, new_tokens_BxL, num_new_B, active_B, rng, *, model,
   stopped_B = go_B & is_stop(token_B)
   carry = dict(tokens_BxT=tokens_BxT, logprobs_BxT=logprobs_BxT, raw_logprobs_BxT=raw_logprobs_BxT,
                n_B=n_B, stopped_B=stopped_B, finished_B=~go_B | stopped_B | (n_B >= budget_B),
-               pending_B=go_B, last_B=jnp.where(go_B, token_B, pad_id), cache=cache, rng=rng)
+               pending_B=go_B, last_B=jnp.where(go_B, token_B, pad_id), cache=cache)
 
   def cond(c):
     return jnp.any(c["pending_B"])
 
   def body(c):
     logits_Bx1xV, cache = model.apply({"params": params}, c["last_B"][:, None], cache=c["cache"],
-                                      num_new_B=c["pending_B"].astype(jnp.int32))
-    rng, key = jax.random.split(c["rng"])
-    token_B, logp_B, raw_B = _sample_B(logits_Bx1xV[:, 0], key, temperature, top_p)
+                                      num_new_B=c["pending_B"].astype(jnp.int32),
+                                      attend_slots=attend_slots)
+    token_B, logp_B, raw_B = _sample_B(logits_Bx1xV[:, 0], keys_B, c["n_B"], temperature, top_p)
     go_B = ~c["finished_B"]
     at_BxT = (index_T[None, :] == c["n_B"][:, None]) & go_B[:, None]
     n_B = c["n_B"] + go_B
@@ -126,12 +159,24 @@ def _generate(params, cache, new_tokens_BxL, num_new_B, active_B, rng, *, model,
         raw_logprobs_BxT=jnp.where(at_BxT, raw_B[:, None], c["raw_logprobs_BxT"]),
         n_B=n_B, stopped_B=c["stopped_B"] | stop_B,
         finished_B=c["finished_B"] | stop_B | (n_B >= budget_B),
-        pending_B=go_B, last_B=jnp.where(go_B, token_B, pad_id), cache=cache, rng=rng)
+        pending_B=go_B, last_B=jnp.where(go_B, token_B, pad_id), cache=cache)
 
   c = jax.lax.while_loop(cond, body, carry)
   out_of_cache_B = active_B & ~c["stopped_B"] & (c["n_B"] == budget_B) & (budget_B < T)
   return SampleOutput(c["tokens_BxT"], c["logprobs_BxT"], c["raw_logprobs_BxT"], c["n_B"],
                       c["stopped_B"], out_of_cache_B, c["cache"])
+
+
+def attend_window(lengths_B: np.ndarray, num_new_B: np.ndarray, max_new_tokens: int, capacity: int,
+                  bucket: int = 128) -> int:
+  """The cache slots a call can touch: every row's filled part, its new chunk, the tokens it may
+  generate and the free slot, rounded up to `bucket` times a power of two (few compilations), at
+  most the capacity. Attention over only these makes a step's cost independent of the capacity."""
+  needed = int(np.max(lengths_B + num_new_B)) + max_new_tokens + 1
+  window = bucket
+  while window < needed:
+    window *= 2
+  return min(window, capacity)
 
 
 def _check_inputs(cache, new_tokens_BxL, num_new_B, active_B, max_new_tokens, temperature,
@@ -143,7 +188,7 @@ def _check_inputs(cache, new_tokens_BxL, num_new_B, active_B, max_new_tokens, te
   if new_tokens_BxL.ndim != 2 or new_tokens_BxL.shape[1] < 1:
     raise ValueError(f"new_tokens_BxL must be [batch, length >= 1], got shape {new_tokens_BxL.shape}")
   B, L = new_tokens_BxL.shape
-  S = cache.k_NxBxSxKxDh.shape[2]
+  S = cache.capacity
   if cache.lengths_B.shape != (B,):
     raise ValueError(f"cache has batch size {cache.lengths_B.shape[0]} but new_tokens_BxL has {B} "
                      "rows; build the cache with init_cache(config, batch_size, max_length)")
@@ -181,8 +226,9 @@ def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Ar
     cache: the rows' KV cache; DONATED (use the returned `SampleOutput.cache`).
     new_tokens_BxL: right-padded chunk; row b's first `num_new_B[b]` tokens are real.
     num_new_B: real tokens per row; 0 only for inactive rows (their cache is left as it was).
-    rng: PRNG key for sampling (unused when temperature is 0).
-    model: the `Llama` module.
+    rng: PRNG key for sampling (unused when temperature is 0): one key (row b then uses
+      `fold_in(rng, b)`), or one per row (a `[B]` key array or raw `[B, 2]` uint32 key data).
+    model: the `Llama` module, layers unrolled (`prepare` gives it with the matching params).
     max_new_tokens: most tokens generated per row (static: one compilation per value).
     temperature: 0 = greedy (sampling log-probs are then 0); training uses 1 (paper App. A.1).
     top_p: nucleus mass, 1 = off (evaluation uses 0.95 at temperature 0.2, paper §3.1).
@@ -204,8 +250,12 @@ def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Ar
   _check_inputs(cache, new_tokens_BxL, num_new_np, active_np, max_new_tokens, temperature, top_p,
                 global_shapes=(np.shape(num_new_B), np.shape(active_B)))
   stop_ids = tuple(sorted({int(t) for t in stop_ids}))
-  if cache.k_NxBxSxKxDh is cache.v_NxBxSxKxDh:  # one buffer cannot be donated twice
-    cache = cache.replace(v_NxBxSxKxDh=jnp.copy(cache.v_NxBxSxKxDh))
+  buffers = [*cache.keys, *cache.values]
+  if len({id(b) for b in buffers}) < len(buffers):  # one buffer cannot be donated twice
+    cache = cache.replace(values=tuple(jnp.copy(v) for v in cache.values))
+  keys_B = row_keys(rng, new_tokens_BxL.shape[0])
+  window = distributed.agree_max(attend_window(distributed.host_local(cache.lengths_B), num_new_np,
+                                               int(max_new_tokens), cache.capacity))
   context = contextlib.nullcontext()
   if mesh is not None:
     from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -213,6 +263,6 @@ def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Ar
   with context:
     return _generate(params, cache, new_tokens_BxL, jnp.asarray(num_new_B, jnp.int32),
                      jnp.asarray(active_B, bool),
-                     rng, model=model, max_new_tokens=int(max_new_tokens),
+                     keys_B, model=model, max_new_tokens=int(max_new_tokens),
                      temperature=float(temperature), top_p=float(top_p), stop_ids=stop_ids,
-                     pad_id=int(pad_id), mesh=mesh)
+                     pad_id=int(pad_id), mesh=mesh, attend_slots=window)

@@ -27,6 +27,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rlef_jax import layers
+
 MESH_AXES = ("data", "fsdp", "tensor")
 _BATCH = ("data", "fsdp")
 
@@ -55,7 +57,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("cache_head_dim", None),
 )
 
-CACHE_KV_AXES = ("layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+CACHE_KV_AXES = layers.CACHE_AXES  # one layer's k or v: (cache_batch, cache_kv_heads, cache_length, cache_head_dim)
 CACHE_LENGTHS_AXES = ("cache_batch",)
 
 
@@ -167,7 +169,8 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, params_sharding
 
 
 def cache_sharding(mesh: jax.sharding.Mesh, cache: Any) -> Any:
-  """Shardings for a `KVCache` (or its abstract shapes): k/v by `CACHE_KV_AXES`, lengths by batch."""
+  """Shardings for a `KVCache` (or its abstract shapes): each layer's k/v by `CACHE_KV_AXES`,
+  lengths by batch."""
   kv = logical_sharding(mesh, CACHE_KV_AXES)
   lengths = logical_sharding(mesh, CACHE_LENGTHS_AXES)
 

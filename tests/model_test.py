@@ -136,10 +136,12 @@ def _row_logits(cfg, params, row):
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_padded_prefill_then_decode_matches_full_forward(scan):
+  """Decoding runs unrolled: a scan-trained model's params are unstacked for it (sampler.prepare)."""
   cfg = dataclasses.replace(TINY, scan_layers=scan)
   params = _params(TINY, seed=3)
   params = _stack_layers(params, TINY.num_layers) if scan else params
-  apply = _apply(cfg)
+  apply = _apply(M.decoding_config(cfg))
+  full_params, params = params, M.unstack_layers(params)
   lengths = [5, 9, 2]
   rows = [list(np.asarray(_tokens(10 + b, (n + 4,)))) for b, n in enumerate(lengths)]
   prompt = np.zeros((3, 9), np.int32)
@@ -149,7 +151,7 @@ def test_padded_prefill_then_decode_matches_full_forward(scan):
   logits, cache = apply({"params": params}, jnp.asarray(prompt), cache,
                         jnp.asarray(lengths, jnp.int32))
   np.testing.assert_array_equal(cache.lengths_B, lengths)
-  full = [_row_logits(cfg, params, r) for r in rows]
+  full = [_row_logits(cfg, full_params, r) for r in rows]
   for b, n in enumerate(lengths):
     np.testing.assert_allclose(logits[b, :n], full[b][:n], atol=1e-5)
   for step in range(4):
@@ -254,9 +256,9 @@ def test_bfloat16_compute_and_params_track_float32():
     err = np.abs(np.asarray(logits) - np.asarray(want)).max()
     assert err < 0.1 * np.abs(np.asarray(want)).max(), err
     cache = M.init_cache(cfg, 2, 16)
-    assert cache.k_NxBxSxKxDh.dtype == jnp.bfloat16
+    assert {x.dtype for x in jax.tree.leaves((cache.keys, cache.values))} == {jnp.dtype(jnp.bfloat16)}
     _, cache = _apply(cfg)({"params": p}, tokens, cache)
-    assert cache.k_NxBxSxKxDh.dtype == jnp.bfloat16
+    assert {x.dtype for x in jax.tree.leaves((cache.keys, cache.values))} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_value_model_is_policy_backbone_with_linear_head():
@@ -289,12 +291,18 @@ def test_forward_under_sharding_rules_matches_unsharded():
   want, _ = _apply(cfg)({"params": params}, tokens)
   sharded = sharding.shard_params(params, sharding.param_shardings(M.Llama(cfg), mesh))
   assert sharded["layers"]["attn"]["q"]["kernel"].sharding.spec == P(None, "fsdp", "tensor", None)
-  cache = sharding.init_cache(cfg, 4, 8, mesh)
   with sharding.use_mesh(mesh):
-    logits, cache = jax.jit(M.Llama(cfg).apply)({"params": sharded}, tokens, cache)
+    logits, _ = jax.jit(M.Llama(cfg).apply)({"params": sharded}, tokens)
   np.testing.assert_allclose(logits, want, atol=1e-5)
-  assert cache.k_NxBxSxKxDh.sharding.spec[1] == ("data", "fsdp")
   assert logits.sharding.spec[0] == ("data", "fsdp")
+  # Decoding: the unrolled model on the unstacked params, a per-layer cache sharded like activations.
+  dec = M.decoding_config(cfg)
+  dec_params = sharding.shard_params(M.unstack_layers(params), sharding.param_shardings(M.Llama(dec), mesh))
+  cache = sharding.init_cache(dec, 4, 8, mesh)
+  with sharding.use_mesh(mesh):
+    logits, cache = jax.jit(M.Llama(dec).apply)({"params": dec_params}, tokens, cache)
+  np.testing.assert_allclose(logits, want, atol=1e-5)
+  assert all(x.sharding.spec[:2] == (("data", "fsdp"), "tensor") for x in cache.keys + cache.values)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -308,6 +316,38 @@ def test_config_rejects_bad_values(kwargs, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(TINY, head_dim=None, **kwargs) if "head_dim" not in kwargs else \
         dataclasses.replace(TINY, **kwargs)
+
+
+def test_decoding_needs_unrolled_layers_and_a_cache_per_layer():
+  cfg = dataclasses.replace(TINY, scan_layers=True)
+  stacked = _stack_layers(_params(TINY), TINY.num_layers)
+  with pytest.raises(ValueError, match="unrolled"):
+    M.Llama(cfg).apply({"params": stacked}, _tokens(0, (2, 3)), M.init_cache(TINY, 2, 8))
+  with pytest.raises(ValueError, match="unrolled"):
+    M.Llama(TINY).apply({"params": _params(TINY)}, _tokens(0, (2, 3)),
+                        M.init_cache(dataclasses.replace(TINY, num_layers=1), 2, 8))
+  unstacked = M.unstack_layers(stacked)
+  for a, b in zip(jax.tree.leaves(unstacked), jax.tree.leaves(_params(TINY))):
+    np.testing.assert_array_equal(a, b)
+  assert M.decoding_config(dataclasses.replace(cfg, remat=True)) == dataclasses.replace(TINY, remat=False)
+
+
+def test_attend_slots_and_grown_cache_leave_the_logits_unchanged():
+  """Attention over only the first W slots (every position below W), and a cache grown between calls,
+  give the same logits as attention over the whole cache."""
+  params = _params(TINY, seed=12)
+  apply = _apply(TINY)
+  prompt = _tokens(41, (2, 5))
+  steps = _tokens(42, (2, 6))
+  want, _ = apply({"params": params}, jnp.concatenate([prompt, steps], axis=1))
+  _, cache = apply({"params": params}, prompt, M.init_cache(TINY, 2, 8))
+  cache = M.grow_cache(cache, capacity=64)
+  assert cache.capacity == 64 and all(x.shape[2] == 64 for x in cache.keys + cache.values)
+  window = 16  # < capacity; every position stays below it
+  step = jax.jit(M.Llama(TINY).apply, static_argnames="attend_slots")
+  for i in range(6):
+    logits, cache = step({"params": params}, steps[:, i:i + 1], cache, attend_slots=window)
+    np.testing.assert_allclose(logits[:, 0], want[:, 5 + i], atol=1e-5)
 
 
 def test_call_rejects_mismatched_cache():

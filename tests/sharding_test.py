@@ -164,8 +164,9 @@ def test_sharded_cache_prefill_and_decode_equal_unsharded(shape, host_params, ca
   ref1, ref2, ref_cache = cache_reference
 
   cache = sharding.init_cache(CFG, 8, 16, mesh)
-  kv_axes = (None, ("data", "fsdp"), None, "tensor", None)
-  assert_sharded_as(cache.k_NxBxSxKxDh, mesh, kv_axes)
+  kv_axes = (("data", "fsdp"), "tensor", None, None)  # [B, K, S, Dh] per layer
+  for x in cache.keys + cache.values:
+    assert_sharded_as(x, mesh, kv_axes)
   assert_sharded_as(cache.lengths_B, mesh, (("data", "fsdp"),))
   step = jax.jit(_apply)
   with sharding.use_mesh(mesh):
@@ -173,10 +174,11 @@ def test_sharded_cache_prefill_and_decode_equal_unsharded(shape, host_params, ca
     out2, cache = step(params, sharding.shard_batch(mesh, next_Bx1), cache)
   np.testing.assert_allclose(out1, ref1, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(out2, ref2, atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(cache.v_NxBxSxKxDh, ref_cache.v_NxBxSxKxDh, atol=1e-5)
+  for got, want in zip(cache.keys + cache.values, ref_cache.keys + ref_cache.values):
+    np.testing.assert_allclose(got, want, atol=1e-5)
   np.testing.assert_array_equal(cache.lengths_B, np.full(8, 11))
-  assert_sharded_as(cache.k_NxBxSxKxDh, mesh, kv_axes)  # the constraint keeps the cache sharded
-  assert_sharded_as(cache.v_NxBxSxKxDh, mesh, kv_axes)
+  for x in cache.keys + cache.values:  # the constraint keeps the cache sharded
+    assert_sharded_as(x, mesh, kv_axes)
 
 
 def _optimizer():

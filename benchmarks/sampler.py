@@ -1,0 +1,204 @@
+"""Sampler throughput: tokens/s, ms per decode step, and the ratio to the device's limits.
+
+  python benchmarks/sampler.py --preset=smollm2-135m --batch=32 --prompt=64 --new=128 \
+      [--cache=0,1024,4096] [--dtype=float32] [--param_dtype=float32] [--temperature=0] \
+      [--scan_layers] [--transformers] [--peak_gflops=X --bandwidth_gbs=Y]
+
+Random-initialised models of the project's presets (rlef_jax.config.MODEL_PRESETS, or --layers /
+--hidden ... overrides for a custom size). For each allocated cache length (`--cache`, 0 = just what
+the prompt and the new tokens need) it times `sampler.generate` on a right-padded prompt chunk: once
+with `--new` tokens and once with 1, after a warm-up call of each (compilation excluded), and reports
+
+* tok/s: B * new / time of the whole call (prefill included),
+* ms/step: (t_new - t_1) / (new - 1), the decode step alone,
+* the decode step's FLOPs (2 * params * B + attention over the filled slots) against the peak FLOP/s,
+  and its bytes (compute-dtype weights + the filled part of the KV cache, read once) against the
+  memory bandwidth: the step's roofline time is the larger of the two; `roofline` = that / measured.
+
+Peak FLOP/s and bandwidth are measured here (a large jitted matmul, a large donated copy) unless
+given. With `--transformers` (and torch installed) the same model and shapes run through
+transformers' `generate` (greedy, `min_new_tokens` = `max_new_tokens`) in the same process, for a
+side-by-side figure. Nothing here is a test: figures go to BUILD_NOTES.md with the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from rlef_jax import config as config_lib  # noqa: E402
+from rlef_jax import model as model_lib  # noqa: E402
+from rlef_jax import sampler  # noqa: E402
+
+
+def measure_peak_gflops(dtype=jnp.float32, n=2048, reps=5) -> float:
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best / 1e9
+
+
+def measure_bandwidth_gbs(mbytes=512, reps=5) -> float:
+  x = jnp.ones((mbytes << 18,), jnp.float32)  # mbytes MiB
+  f = jax.jit(lambda y: y * 1.0001, donate_argnums=0)
+  x = f(x)
+  x.block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    x = f(x)
+    x.block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * x.nbytes / best / 1e9  # read + write
+
+
+def llama_config(args) -> model_lib.LlamaConfig:
+  cfg = config_lib.base_config().model
+  cfg.preset = args.preset
+  for key in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads",
+              "head_dim", "vocab_size"):
+    if getattr(args, key) is not None:
+      setattr(cfg, key, getattr(args, key))
+  cfg.dtype, cfg.param_dtype = args.dtype, args.param_dtype
+  cfg.remat, cfg.scan_layers = False, args.scan_layers
+  cfg.max_position_embeddings = max(8192, max(args.cache) + 1)
+  return config_lib.llama_config(cfg)
+
+
+def _prepare(params, cfg):
+  """The sampler's params and model: the sampler's own preparation when it has one."""
+  prepare = getattr(sampler, "prepare", None)
+  if prepare is not None:
+    return prepare(params, cfg)
+  return params, model_lib.Llama(cfg)
+
+
+def time_generate(params, cfg, args, cache_len: int, new: int) -> float:
+  B, P = args.batch, args.prompt
+  sparams, smodel = _prepare(params, cfg)
+  rng = np.random.default_rng(0)
+  chunk = rng.integers(3, cfg.vocab_size, size=(B, P)).astype(np.int32)
+  lens = np.full(B, P, np.int32)
+
+  def once():
+    cache = model_lib.init_cache(cfg, B, cache_len)
+    t = time.perf_counter()
+    out = sampler.generate(sparams, cache, chunk, lens, jax.random.key(0), model=smodel,
+                           max_new_tokens=new, temperature=args.temperature, top_p=1.0,
+                           stop_ids=(), pad_id=0)
+    jax.block_until_ready(out.tokens_BxT)
+    assert int(np.min(out.lengths_B)) == new, "rows stopped early"
+    return time.perf_counter() - t
+
+  once()  # compile
+  return min(once() for _ in range(args.reps))
+
+
+def transformers_times(cfg, args) -> tuple[float, float] | None:
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    return None
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count() or 1)
+  hf = transformers.LlamaConfig(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+      num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+      num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
+      rope_theta=cfg.rope_theta, max_position_embeddings=cfg.max_position_embeddings,
+      tie_word_embeddings=cfg.tie_word_embeddings)
+  dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+  model = transformers.LlamaForCausalLM(hf).to(dtype).eval()
+  ids = torch.randint(3, cfg.vocab_size, (args.batch, args.prompt))
+
+  def once(new):
+    t = time.perf_counter()
+    with torch.no_grad():
+      out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                           min_new_tokens=new, do_sample=False, pad_token_id=0)
+    assert out.shape[1] == args.prompt + new
+    return time.perf_counter() - t
+
+  once(args.new)
+  once(1)
+  return min(once(args.new) for _ in range(args.reps)), min(once(1) for _ in range(args.reps))
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--preset", default="smollm2-135m")
+  for key in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim",
+              "vocab_size"):
+    ap.add_argument(f"--{key}", type=int, default=None)
+  ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--prompt", type=int, default=64)
+  ap.add_argument("--new", type=int, default=128)
+  ap.add_argument("--cache", default="0", help="comma-separated allocated cache lengths (0 = just enough)")
+  ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  ap.add_argument("--param_dtype", default="float32", choices=("float32", "bfloat16"))
+  ap.add_argument("--temperature", type=float, default=0.0)
+  ap.add_argument("--scan_layers", action="store_true")
+  ap.add_argument("--transformers", action="store_true")
+  ap.add_argument("--reps", type=int, default=2)
+  ap.add_argument("--peak_gflops", type=float, default=None)
+  ap.add_argument("--bandwidth_gbs", type=float, default=None)
+  ap.add_argument("--json", action="store_true", help="also print one JSON line per cache length")
+  args = ap.parse_args(argv)
+  args.cache = [int(c) for c in args.cache.split(",")]
+  cfg = llama_config(args)
+  device = jax.devices()[0]
+  peak = args.peak_gflops or measure_peak_gflops(cfg.compute_jnp_dtype)
+  bw = args.bandwidth_gbs or measure_bandwidth_gbs()
+  params = model_lib.Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params)
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  itemsize = jnp.dtype(cfg.compute_jnp_dtype).itemsize
+  print(f"device {device.platform}:{device.device_kind} x{jax.device_count()}, jax {jax.__version__}; "
+        f"peak {peak:.0f} GFLOP/s, bandwidth {bw:.1f} GB/s"
+        f"{' (given)' if args.peak_gflops or args.bandwidth_gbs else ' (measured)'}")
+  print(f"model {args.preset} {n_params / 1e6:.1f}M params, {cfg.num_layers} layers, dtype {cfg.dtype}, "
+        f"params {cfg.param_dtype}, scan_layers {cfg.scan_layers}; batch {args.batch}, prompt "
+        f"{args.prompt}, new {args.new}, temperature {args.temperature}")
+  for cache_len in args.cache:
+    S = cache_len or args.prompt + args.new + 1
+    t_new = time_generate(params, cfg, args, S, args.new)
+    t_one = time_generate(params, cfg, args, S, 1)
+    step = (t_new - t_one) / (args.new - 1)
+    filled = args.prompt + args.new / 2  # mean filled slots over the decode
+    kv_bytes = 2 * cfg.num_layers * args.batch * filled * cfg.num_kv_heads * cfg.head_dim * itemsize
+    flops = 2 * n_params * args.batch + 4 * cfg.num_layers * args.batch * filled * cfg.num_heads * cfg.head_dim
+    bound = max(flops / (peak * 1e9), (n_params * itemsize + kv_bytes) / (bw * 1e9))
+    row = {"cache": S, "tok_s": args.batch * args.new / t_new, "ms_step": step * 1e3,
+           "mfu": flops / step / (peak * 1e9), "roofline_ms": bound * 1e3, "roofline": bound / step}
+    print(f"rlef_jax     cache {S:6d}: {row['tok_s']:8.1f} tok/s, {row['ms_step']:8.2f} ms/step "
+          f"(roofline {row['roofline_ms']:.2f} ms: {row['roofline']:.0%}), MFU {row['mfu']:.0%}")
+    if args.json:
+      print(json.dumps(row))
+  if args.transformers:
+    times = transformers_times(cfg, args)
+    if times is None:
+      print("transformers: torch not installed")
+    else:
+      t_new, t_one = times
+      print(f"transformers (same shapes): {args.batch * args.new / t_new:8.1f} tok/s, "
+            f"{(t_new - t_one) / (args.new - 1) * 1e3:8.2f} ms/step")
+
+
+if __name__ == "__main__":
+  main()
