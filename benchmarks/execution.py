@@ -89,7 +89,7 @@ def fork_floor_ms():
 
 def overhead(mode, n, rounds=3):
     """(per-test ms in an n-test job, best of `rounds`; median latency ms of a 1-test job; all passed)."""
-    with ExecutionPool(workers=1, sandbox=mode) as pool:
+    with ExecutionPool(workers=1, sandbox=mode, allow_weak=mode == "weak") as pool:
         job = Job("pass\n", [IOCase("", "")] * n)
         one = Job("pass\n", [IOCase("", "")])
         ok = pool.map([job])[0].passed
@@ -159,9 +159,9 @@ def main():
     print(f"naive fresh `python` per test (venv, site on):   {base:8.1f} tests/s  ok={ok0}")
     print(f"naive fresh `python -I -S` per test:             {base_is:8.1f} tests/s  ok={ok1}")
     body_ms, floor_ms = in_process_ms(), fork_floor_ms()
-    for mode in ("bwrap", "weak"):
+    for mode in ("bwrap", "unshare", "weak"):
         try:
-            with ExecutionPool(workers=args.workers, sandbox=mode) as pool:
+            with ExecutionPool(workers=args.workers, sandbox=mode, allow_weak=mode == "weak") as pool:
                 rate, ok = pooled(pool, args.tests, args.tests_per_job)
                 rate1, ok1 = pooled(pool, args.tests, 1)
         except RuntimeError as e:

@@ -118,7 +118,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.execution = ml_collections.ConfigDict()
   c.execution.workers = 0  # parallel test processes (0 = number of CPU cores)
-  c.execution.sandbox = "auto"  # "auto" (bwrap if it works, else "weak" with a loud warning) | "bwrap" | "weak" (rlimits only; see rlef_jax/execution)
+  c.execution.sandbox = "auto"  # "auto" (bwrap if it works, else "unshare", else "weak" only if allowed) | "bwrap" | "unshare" (namespaces without bwrap) | "weak" (rlimits only; see rlef_jax/execution)
+  c.execution.allow_weak_isolation = False  # permit the "weak" sandbox (no network/filesystem isolation: programs could read private tests); only for trusted code
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.temperature = 1.0  # training sampling temperature (paper App. A.1)
@@ -240,7 +241,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "env.max_feedback_chars": _ge(0), "env.max_failures_shown": _ge(0),
     "env.rich_num_tests": _ge(1), "env.rich_max_failures": _ge(1),
     "execution.workers": _ge(0),
-    "execution.sandbox": _choice("auto", "bwrap", "weak"),
+    "execution.sandbox": _choice("auto", "bwrap", "unshare", "weak"),
     "sampling.temperature": _ge(0), "sampling.top_p": _half_open(0, 1),
     "sampling.max_new_tokens": _ge(1), "sampling.max_context_length": _ge(2),
     "rl.kl_coef": _ge(0), "rl.clip_eps": _open(0, 1), "rl.value_clip": _gt(0),

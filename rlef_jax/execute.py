@@ -4,7 +4,8 @@ PROBLEM.json uses CodeContests' field names (`public_tests`, `private_tests`, `g
 `{"input": [...], "output": [...]}`; optional `time_limit` `{"seconds", "nanos"}` and `memory_limit_bytes`)
 or EvalPlus's task fields (`task_id`, `prompt`, `entry_point`, `canonical_solution`, `base_input`, ...;
 public = base inputs, private = plus inputs). Prints each test's verdict and the paper's feedback message
-(§1.2 / §1.6). Exit status 0 whenever the program could be judged; 2 with one message for bad input.
+(§1.2 / §1.6). Exit status 0 whenever the program could be judged; 2 with one message for bad input or
+when no sandbox may run here (the weak one needs --allow-weak-isolation).
 Does not import JAX.
 """
 from __future__ import annotations
@@ -87,7 +88,10 @@ def main(argv=None) -> int:
     parser.add_argument("--code", required=True, help="Python solution file")
     parser.add_argument("--tests", default="public", choices=["public", "private", "generated", "all"])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "weak"])
+    parser.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "unshare", "weak"])
+    parser.add_argument("--allow-weak-isolation", action="store_true",
+                        help="permit the weak sandbox (no network/filesystem isolation) when bwrap and unshare "
+                             "do not work, or with --sandbox=weak; only for trusted code")
     args = parser.parse_args(argv)
     try:
         try:
@@ -102,7 +106,11 @@ def main(argv=None) -> int:
                 code = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"cannot read --code {args.code!r}: {e}") from None
-        with ExecutionPool(workers=1, sandbox=args.sandbox) as pool:
+        try:
+            pool = ExecutionPool(workers=1, sandbox=args.sandbox, allow_weak=args.allow_weak_isolation)
+        except RuntimeError as e:  # no sandbox that may run here (the message names the fix)
+            raise InputError(str(e)) from None
+        with pool:
             job, render = build(problem, code, args.tests, pool)
             result = pool.submit(job).result()
     except InputError as e:

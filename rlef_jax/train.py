@@ -86,7 +86,8 @@ def build(config: Any, workdir: str) -> Run:
     raise ValueError(f"the tokenizer {config.tokenizer.path!r} has {tokenizer.vocab_size} tokens but "
                      f"config.model.vocab_size is {llama_config.vocab_size}; set them equal")
   workers = config.execution.workers or os.cpu_count() or 1
-  pool = ExecutionPool(workers=workers, sandbox=config.execution.sandbox)
+  pool = ExecutionPool(workers=workers, sandbox=config.execution.sandbox,
+                       allow_weak=config.execution.allow_weak_isolation)
   return Run(config, workdir, mesh, llama_config, model_lib.Llama(llama_config),
              model_lib.LlamaValue(llama_config), tokenizer, pool)
 

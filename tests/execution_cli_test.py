@@ -56,3 +56,12 @@ def test_malformed_input_is_one_clear_error(tmp_path):
     bad.write_text('{"name": "x"}')
     out = cli("--problem", str(bad), "--code", str(code))
     assert out.returncode == 2 and "neither CodeContests fields" in out.stderr
+
+
+def test_weak_sandbox_needs_the_flag(tmp_path):
+    code = tmp_path / "s.py"
+    code.write_text("a, b = map(int, open(0).read().split())\nprint(a + b)\n")
+    out = cli("--problem", PROBLEM, "--code", str(code), "--sandbox", "weak")
+    assert out.returncode == 2 and "--allow-weak-isolation" in out.stderr and "Traceback" not in out.stderr
+    out = cli("--problem", PROBLEM, "--code", str(code), "--sandbox", "weak", "--allow-weak-isolation")
+    assert out.returncode == 0 and "passed: True" in out.stdout, out.stderr

@@ -10,9 +10,9 @@ import math
 import pytest
 
 from rlef_jax.execution import CallCase, ExecutionPool, IOCase, Job, Limits, Verdict, codec
-from rlef_jax.execution.sandbox import bwrap_works
+from rlef_jax.execution.sandbox import bwrap_works, unshare_works
 
-MODES = ["bwrap", "weak"] if bwrap_works() else ["weak"]
+MODES = [m for m, works in (("bwrap", bwrap_works), ("unshare", unshare_works)) if works()] + ["weak"]
 
 # Test 1 of each job dirties everything it can reach; test 2 reports what it sees.
 DIRTY_THEN_LOOK = """
@@ -39,7 +39,7 @@ else:
 
 @pytest.fixture(scope="module", params=MODES)
 def pool(request):
-    with ExecutionPool(workers=1, sandbox=request.param) as p:
+    with ExecutionPool(workers=1, sandbox=request.param, allow_weak=request.param == "weak") as p:
         yield p
 
 

@@ -1,13 +1,41 @@
 """The in-sandbox test runner: a tiny standard-library-only Python process (started `python -I -S`).
 
-One runner lives inside one sandbox (bwrap, or the weaker fallback) and serves jobs from the host over
-length-prefixed JSON on stdin/stdout. It compiles each program once, then forks one child per
-stdin/stdout test, or one child per batch of function tests (restarted after a failure that kills it),
-so tests pay a fork (~2 ms) instead of an interpreter start. Each child drops to an unprivileged uid
-(when the runner is root), sets rlimits and no_new_privs, gets a fresh private working directory and a
-clean environment. The runner enforces wall-clock deadlines and output caps, and after every test kills
-every other process it can reach (in bwrap it is PID 1 of its own PID namespace, so `kill(-1)` reaches
+One runner lives inside one sandbox and serves jobs from the host over length-prefixed JSON on
+stdin/stdout. It compiles each program once, then forks one child per stdin/stdout test, or one child
+per batch of function tests (restarted after a failure that kills it), so tests pay a fork (~2 ms)
+instead of an interpreter start. Each child drops to an unprivileged uid (when the runner is root),
+sets rlimits and no_new_privs, gets a fresh private working directory and a clean environment. The
+runner enforces wall-clock deadlines and output caps, and after every test kills every other process it
+can reach (as PID 1 of its own PID namespace -- sandboxes "bwrap" and "unshare" -- `kill(-1)` reaches
 exactly the test's processes, daemons included, and the test cannot signal it back).
+
+Sandboxes (the host picks one, see sandbox.py):
+* "bwrap": this file runs inside bubblewrap, which built the namespaces and the file system.
+* "unshare": this file builds the same sandbox itself (section "namespaces"): new mount, PID, network,
+  IPC and UTS namespaces (plus a user namespace when the host is not root); a root that is an empty
+  tmpfs with read-only binds of the system directories and the interpreter's paths only, /dev with a
+  few device nodes, a fresh /proc, and a size-capped tmpfs for working directories; the host's tree is
+  detached (pivot_root), so its /tmp, home directories, repository and data are not reachable; the only
+  network interface is a loopback that is down. The runner forks itself as PID 1 of the new PID
+  namespace; the first process waits outside it and the runner dies with it (parent-death SIGKILL).
+* "weak": none of that; the private directory is created here under the host's temporary directory
+  and removed on every exit, the host's death included (parent-death signal SIGTERM).
+
+Result channel. A test child reports on fd 3, a pipe to the runner: the exception of a stdin/stdout
+program, or the return value / assert outcome of each function test. The program runs in the same
+process and can write to that pipe as well (or reopen it through /proc/self/fd), so every report is
+authenticated: it carries a keyed BLAKE2b MAC of (sequence number, report) under a 128-bit key the
+runner draws for that child just before forking it. The runner accepts a line only with the next
+sequence number and a valid MAC and drops anything else (counted as forged): lines a program writes
+itself -- on fd 3, on any other fd or through /proc/self/fd/* -- change nothing, and the program gets the
+verdicts of what it really did. Replayed or reordered honest lines fail the sequence check; stealing
+them (reading the pipe) only makes the following reports fail, i.e. loses tests. The key lives only in
+the child's memory: forging needs reading one's own memory or patching the harness in the same
+interpreter (introspection, ctypes), which no in-process reporting can rule out and which an
+AssertCase's checks are open to anyway, since they run in the program's interpreter (objects whose
+`__eq__` always returns True, `sys.settrace`). Function tests' values are judged by the host against
+expected outputs that never enter the sandbox, and a report is accepted only as the next test's, in
+order, so a forged value would be worth no more than returning it.
 
 Expected outputs never reach this process: it only reports what the program did; the host judges.
 Never import anything from rlef_jax here: this file runs inside the sandbox on its own.
@@ -41,8 +69,18 @@ TB_FRAMES = 50
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
              "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
              "PYTHONIOENCODING": "utf-8"}
+_CHANNEL = {"key": b"", "seq": 0}  # the report key and count of the child about to be / being run
+try:
+    from _blake2 import blake2b  # what hashlib.blake2b is, without loading OpenSSL into every test's fork
+except ImportError:
+    from hashlib import blake2b
 
 
+def _mac(key, seq, body):
+    return blake2b(b"%d " % seq + body, key=key, digest_size=16).hexdigest().encode()
+
+
+# ------------------------------------------------------------------------------------ host channel
 def _recv():
     head = _read_exact(4)
     if head is None:
@@ -80,7 +118,162 @@ def _flush_sends():
         data = data[os.write(1, data):]
 
 
-# ----------------------------------------------------------------------------------------------- child
+# ------------------------------------------------------------------------ namespaces (sandbox="unshare")
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+_KEPT_FLAGS = ((8, MS_NOEXEC), (1024, 1024), (2048, 2048), (4096, 1 << 21))  # statvfs ST_* -> MS_*
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+ROOT_CAPS = (0, 1, 3, 5, 6, 7)  # CHOWN, DAC_OVERRIDE, FOWNER, KILL, SETGID, SETUID: bwrap mode's set as root
+SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+SCRATCH_DIRS = ("/tmp", "/mnt", "/media", "/srv", "/opt", "/var/tmp", "/run")
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+
+
+def _check(ret, what):
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source, target, fstype, flags, data=None):
+    enc = (lambda s: None if s is None else s.encode())
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def _write_file(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _enter_namespaces():
+    """Move into new namespaces and fork the runner proper as PID 1 of the new PID namespace; this first
+    process stays outside, waits for it and exits with its status (when this process dies, e.g. by the
+    host's death, PID 1 gets SIGKILL and the kernel ends the whole namespace). Returns in PID 1 only,
+    inside the sandbox's file system and with capabilities dropped."""
+    uid, gid = os.geteuid(), os.getegid()
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    userns = uid != 0
+    if not userns and _libc.unshare(flags) != 0:
+        userns = True  # root without CAP_SYS_ADMIN (a container): try a user namespace
+    if userns:
+        _check(_libc.unshare(flags | CLONE_NEWUSER), "unshare")
+        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # /proc/self/*_map belong to root while not dumpable
+        _write_file("/proc/self/setgroups", "deny")
+        _write_file("/proc/self/uid_map", f"65534 {uid} 1")
+        _write_file("/proc/self/gid_map", f"65534 {gid} 1")
+        _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    lifeline, keep = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(lifeline)
+        os.close(0)
+        os.close(1)
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    os.close(keep)
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if select.select([lifeline], [], [], 0)[0]:
+        os._exit(1)  # the first process died before the line above
+    os.close(lifeline)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # PID 1 ignores signals it has no handler for
+    _build_root(CONFIG["ro_paths"], CONFIG["work_bytes"])
+    _drop_capabilities(() if userns else ROOT_CAPS)
+
+
+def _build_root(ro_paths, work_bytes):
+    """The sandbox's file system, as bwrap mode builds it: an empty tmpfs (mounted, in this private
+    mount namespace only, over a host directory that holds none of the paths to bind, e.g. /tmp) with
+    read-only binds of SYSTEM_DIRS and `ro_paths`, /dev, /proc of the new PID namespace and a
+    `work_bytes` tmpfs at /w; then pivot_root into it and detach the host's tree."""
+    machine = os.uname().machine
+    if machine not in SYS_PIVOT_ROOT:
+        raise OSError(f"pivot_root: unknown system call number on {machine}")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    sources = SYSTEM_DIRS + tuple(ro_paths) + ("/dev",)
+    new = next((d for d in SCRATCH_DIRS if os.path.isdir(d) and not os.path.islink(d)
+                and not any(p == d or p.startswith(d + "/") for p in sources)), None)
+    if new is None:
+        raise OSError(f"no directory among {SCRATCH_DIRS} to build the sandbox's root on")
+    _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    bound = []
+    for path in SYSTEM_DIRS + tuple(ro_paths):
+        if any(path == b or path.startswith(b + "/") for b in bound) or not os.path.lexists(path):
+            continue
+        if path in SYSTEM_DIRS and os.path.islink(path):
+            os.symlink(os.readlink(path), new + path)
+            continue
+        _mkdirs(new, path)
+        _bind_ro(path, new + path)
+        bound.append(path)
+    _mkdirs(new, "/dev")
+    _mount("tmpfs", new + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    for name in DEVICES:
+        if os.path.exists("/dev/" + name):
+            open(f"{new}/dev/{name}", "w").close()
+            _mount("/dev/" + name, f"{new}/dev/{name}", None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{new}/dev/{name}")
+    _mkdirs(new, "/dev/shm")
+    _mkdirs(new, "/proc")
+    try:
+        _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        pass  # a container masking parts of its /proc forbids new proc mounts in a user namespace
+    _mkdirs(new, "/w")
+    _mount("tmpfs", new + "/w", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={work_bytes}")
+    os.chdir(new)
+    _check(_libc.syscall(ctypes.c_long(SYS_PIVOT_ROOT[machine]), b".", b"."), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "umount the host's root")
+    os.chdir("/")
+    _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _mkdirs(root, path):
+    d = root
+    for part in path.strip("/").split("/"):
+        d += "/" + part
+        if not os.path.isdir(d):
+            os.mkdir(d)
+            os.chmod(d, 0o755)
+
+
+def _bind_ro(source, target):
+    """A recursive read-only bind; remounts keep the flags the kernel locks (noexec, atime flags)."""
+    _mount(source, target, None, MS_BIND | MS_REC)
+    for mnt in [target] + _mounts_under(target):
+        f_flag = os.statvfs(mnt).f_flag
+        kept = sum(ms for st, ms in _KEPT_FLAGS if f_flag & st)
+        _mount(None, mnt, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | kept)
+
+
+def _mounts_under(path):
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    points = [p.encode().decode("unicode_escape") for p in points]  # \040 etc.
+    return sorted(p for p in points if p.startswith(path + "/"))
+
+
+def _drop_capabilities(keep):
+    """Keep only `keep` (bounding set, permitted, effective; no inheritable or ambient ones)."""
+    for cap in range(64):
+        if cap not in keep:
+            _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the last capability: fine
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    mask = sum(1 << c for c in keep)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    _check(_libc.capset(header, (ctypes.c_uint32 * 6)(mask, mask, 0, 0, 0, 0)), "capset")
+
+
+# ============================================================ test child: the code path that runs user code
+# Everything from the fork in `_Run.__init__` to the child's `os._exit`: isolation and limits
+# (`_enter_child`), then the program and its tests (`_child_stdio`, `_child_function`), reporting on
+# fd 3 through `_report_line` only (see "Result channel" above).
 def _clean_traceback(exc):
     te = traceback.TracebackException(type(exc), exc, exc.__traceback__, limit=-TB_FRAMES, compact=True)
     for t in _chain(te):
@@ -187,7 +380,10 @@ def _report(msg):
 
 
 def _report_line(line):
-    data = (line + "\n").encode()
+    """One authenticated report on fd 3: `MAC(key, seq, line) line\\n` (see "Result channel")."""
+    body = line.encode()
+    _CHANNEL["seq"] += 1
+    data = _mac(_CHANNEL["key"], _CHANNEL["seq"], body) + b" " + body + b"\n"
     while data:
         data = data[os.write(3, data):]
 
@@ -272,9 +468,9 @@ def _child_function(code, entry_point, cases, start):
     os._exit(0)
 
 
-# ---------------------------------------------------------------------------------------------- runner
+# ================================================================================ runner: supervision
 class _Run:
-    """Supervises one forked child: pipes, deadline, output cap, result lines."""
+    """Supervises one forked child: pipes, deadline, output cap, authenticated result lines."""
 
     def __init__(self, limits, target, stdin_bytes, n_cases):
         self.limits = limits
@@ -285,12 +481,15 @@ class _Run:
         os.lseek(stdin_fd, 0, 0)
         pipes = [os.pipe() for _ in range(3)]
         rlimits = _rlimits(limits, int(limits["time_s"] * max(1, n_cases)) + 1)
+        self.key, self.seq, self.forged = os.urandom(16), 0, 0
+        _CHANNEL.update(key=self.key, seq=0)
         self.t0 = time.monotonic()
         pid = os.fork()
         if pid == 0:
             _enter_child(rlimits, self.workdir, stdin_fd, pipes[0][1], pipes[1][1], pipes[2][1])
             target()
         self.pid = pid
+        _CHANNEL.update(key=b"", seq=0)
         os.close(stdin_fd)
         for r, w in pipes:
             os.close(w)
@@ -314,14 +513,24 @@ class _Run:
                 self.err += b[:ERR_CAP - len(self.err)]
         else:
             self.res += b
-            while b"\n" in self.res:
-                line, _, rest = self.res.partition(b"\n")
+            if b"\n" in b:
+                *lines, rest = self.res.split(b"\n")
                 self.res = bytearray(rest)
-                try:
-                    self.messages.append(json.loads(line))
-                except (ValueError, RecursionError):
-                    self.messages.append({"garbled": True})
+                for line in lines:
+                    self._accept(bytes(line))
         return b
+
+    def _accept(self, line):
+        """Keep a report line only if it is the child's next one (see "Result channel")."""
+        mac, _, body = line.partition(b" ")
+        if mac != _mac(self.key, self.seq + 1, body):  # (the child cannot time this comparison)
+            self.forged += 1
+            return
+        self.seq += 1
+        try:
+            self.messages.append(json.loads(body))
+        except (ValueError, RecursionError):
+            self.messages.append({"garbled": True})
 
     def wait(self, on_message=None, keep_stdout=True):
         """Runs until the child exits ('exited'), overruns ('timeout'), or overflows ('output_limit')."""
@@ -343,7 +552,7 @@ class _Run:
                     open_fds.discard(fd)
             if not keep_stdout and len(self.out) > (1 << 16):
                 del self.out[:]
-            if len(self.out) > self.limits["output_bytes"]:
+            if len(self.out) > self.limits["output_bytes"] or len(self.res) > self.limits["output_bytes"] + ERR_CAP:
                 outcome = "output_limit"
             while on_message and seen < len(self.messages):
                 on_message(self, self.messages[seen])
@@ -377,8 +586,11 @@ class _Run:
         return outcome
 
     def exit_info(self):
+        """How the child ended; `maxrss` (bytes) lets the host tell a memory kill from a self-kill."""
         info = {"stderr": self.err.decode("utf-8", "replace"),
-                "cpu_s": self.rusage.ru_utime + self.rusage.ru_stime}
+                "cpu_s": self.rusage.ru_utime + self.rusage.ru_stime, "maxrss": self.rusage.ru_maxrss * 1024}
+        if self.forged:
+            info["forged_lines"] = self.forged  # dropped (diagnostic only)
         if os.WIFSIGNALED(self.status):
             info["signal"] = os.WTERMSIG(self.status)
         else:
@@ -389,6 +601,8 @@ class _Run:
 def _fresh_workdir():
     """The runner's one working directory, emptied and re-owned before every test (cheaper than a
     mkdir/rmdir pair per test on slow filesystems; nothing survives from one test to the next)."""
+    if not (os.geteuid() == 0 and CONFIG.get("uid") is not None):
+        _sweep_work_tree()
     path = os.path.join(CONFIG["work"], "cwd")
     if os.path.lexists(path):
         if os.path.islink(path) or not os.path.isdir(path):
@@ -401,6 +615,22 @@ def _fresh_workdir():
     if os.geteuid() == 0 and CONFIG.get("uid") is not None:
         os.chown(path, CONFIG["uid"], CONFIG["gid"])
     return path
+
+
+def _sweep_work_tree():
+    """Tests that run under the runner's own uid (a host that is not root) can write next to their
+    directory as well: remove whatever they left in the work tree besides it."""
+    work = CONFIG["work"]
+    if os.path.islink(work) or (os.path.lexists(work) and not os.path.isdir(work)):
+        os.unlink(work)
+    os.makedirs(work, exist_ok=True)
+    for parent, keep in ((os.path.dirname(work), os.path.basename(work)), (work, "cwd")):
+        for entry in os.scandir(parent):
+            if entry.name != keep:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, onerror=_force_remove)
+                else:
+                    os.unlink(entry.path)
 
 
 def _force_remove(func, path, _):
@@ -580,24 +810,39 @@ def _serve():
         _send({"type": "done"})
 
 
+def _on_sigterm(*_):
+    # The parent-death signal comes again as each thread of the dying host exits (the runner is
+    # reparented to the next one): exit on the first, and let nothing interrupt the clean-up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(0)
+
+
 def main():
+    global PID1
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     if not PID1:
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        signal.signal(signal.SIGTERM, _on_sigterm)
         if os.getppid() != CONFIG.get("parent", os.getppid()):
             return
+    if CONFIG.get("mode") == "unshare":
+        _enter_namespaces()
+        PID1 = True
     sys.path.extend(CONFIG.get("extra_path", []))
     workdir = os.path.join(CONFIG["work"], "cwd")
     os.environ.clear()
     os.environ.update(CHILD_ENV, HOME=workdir, TMPDIR=workdir)
+    own_dir = CONFIG.get("own_dir")  # weak mode: created here, removed on every way out (SIGTERM included)
     try:
+        if own_dir:
+            os.mkdir(own_dir, 0o700)
+            os.chmod(own_dir, 0o755)
         _serve()
     finally:
         _kill_leftovers()
-        if not PID1:
-            shutil.rmtree(CONFIG["work"], onerror=_force_remove)
+        if own_dir and os.path.lexists(own_dir):
+            shutil.rmtree(own_dir, onerror=_force_remove)
 
 
 if __name__ == "__main__":

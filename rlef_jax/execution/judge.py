@@ -1,7 +1,8 @@
 """Turning the runner's raw reports into verdicts (paper §1.2: wrong answer, exception, timeout, OOM).
 
 The runner only says what the program did; all judging (comparison with expected outputs included)
-happens here, in the host, so a program cannot forge a pass.
+happens here, in the host. The runner authenticates every report of a test child (see "Result channel"
+in `_runner.py`), so lines a program writes itself cannot forge a pass.
 """
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from rlef_jax.execution.compare import check_value, outputs_match
 from rlef_jax.execution.types import AssertCase, CallCase, CaseResult, IOCase, Job, Verdict
 
 EARLY_EXIT = "The program exited (status {}) before the test's checks ran."
+# A SIGKILL or SIGABRT counts as out of memory only when the child's peak resident memory (wait4's
+# ru_maxrss) reached this share of its memory limit (rlimits make allocations fail rather than kill;
+# a kill at the limit comes from an OOM killer, an abort from a failed allocation in C code).
+OOM_PEAK_SHARE = 0.9
 
 
 def _signal_name(num: int) -> str:
@@ -42,7 +47,8 @@ def _process_verdict(job: Job, msg: dict) -> CaseResult | None:
         sig = msg["signal"]
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and msg.get("cpu_s", 0.0) >= job.limits.time_s):
             return CaseResult(Verdict.TIMEOUT, error="Execution took too long.", time_s=t)
-        if sig == signal.SIGKILL:
+        if sig in (signal.SIGKILL, signal.SIGABRT) and \
+                msg.get("maxrss", 0) >= OOM_PEAK_SHARE * job.limits.memory_bytes:
             return CaseResult(Verdict.OUT_OF_MEMORY, error="Out of memory.", time_s=t)
         err = f"Process killed by {_signal_name(sig)}" + (" (stack overflow?)" if sig == signal.SIGSEGV else "")
         return CaseResult(Verdict.RUNTIME_ERROR, error=err + _tail(msg.get("stderr")), time_s=t)
@@ -69,9 +75,10 @@ def judge_case(job: Job, case, msg: dict) -> CaseResult:
     if msg.get("outcome") != "reported":
         status = msg.get("exit_code", 0)
         return CaseResult(Verdict.RUNTIME_ERROR, error=EARLY_EXIT.format(status) + _tail(msg.get("stderr")), time_s=t)
+    if isinstance(case, AssertCase) != ("ok" in msg) or (isinstance(case, CallCase) and "value" not in msg):
+        return CaseResult(Verdict.RUNTIME_ERROR, time_s=t, error="The program corrupted the test harness's channel.")
     if isinstance(case, AssertCase):
         return CaseResult(Verdict.PASSED, time_s=t)
-    assert isinstance(case, CallCase)
     if case.expected_json is None:
         return CaseResult(Verdict.PASSED, actual=json.dumps(msg["value"], allow_nan=False), time_s=t)
     actual = codec.decode(msg["value"])

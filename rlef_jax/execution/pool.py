@@ -28,17 +28,20 @@ _STOP = object()
 class ExecutionPool:
     """Runs `Job`s concurrently in sandboxes.
 
-    workers: concurrency (default: the machine's cores). sandbox: "auto" (bwrap when it works, else the
-    weak mode with a loud warning), "bwrap" or "weak". work_bytes: size of each sandbox's tmpfs for
-    working directories. recycle_after: jobs per sandbox before it is restarted.
+    workers: concurrency (default: the machine's cores). sandbox: "auto" (bwrap when it works, else
+    "unshare" when it works, else "weak" only if allow_weak), "bwrap", "unshare" or "weak" (see
+    sandbox.py). allow_weak: permit the weak mode (no network or filesystem isolation: programs can
+    read the host's files, private tests included); without it, creating a pool that would run weak
+    raises RuntimeError naming the fix. work_bytes: size of each sandbox's tmpfs for working
+    directories. recycle_after: jobs per sandbox before it is restarted.
     """
 
     def __init__(self, workers: int | None = None, sandbox: str = "auto", work_bytes: int = 256 << 20,
-                 recycle_after: int = 500):
+                 recycle_after: int = 500, allow_weak: bool = False):
         workers = workers if workers is not None else (os.cpu_count() or 1)
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"ExecutionPool(workers=...) must be a positive int, got {workers!r}")
-        self.mode = resolve_mode(sandbox)
+        self.mode = resolve_mode(sandbox, allow_weak)
         self.workers = workers
         self._work_bytes, self._recycle_after = work_bytes, recycle_after
         self._queue: queue.Queue = queue.Queue()

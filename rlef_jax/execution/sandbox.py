@@ -8,11 +8,19 @@ Isolation modes (paper §1.4 runs code with code_contests' sandbox; this is our 
   namespace, keeps only CAP_SETUID/SETGID/KILL/CHOWN/DAC_OVERRIDE/FOWNER for the runner, and every test
   drops to a random unprivileged uid (so RLIMIT_NPROC applies: root is exempt from it). When the host
   is not root, bwrap adds a user namespace (`--unshare-user`, uid 65534) and drops all capabilities.
-* "weak" (fallback when bwrap is missing or cannot create namespaces): the runner is a plain
-  subprocess in its own session with a clean environment and a private temp directory; tests still get
-  every rlimit, a private working directory, no_new_privs and (when root) a dedicated unprivileged uid,
-  and leftovers are killed by uid (root) or as descendants of the runner (a child subreaper). There is
-  no network or filesystem isolation beyond file permissions. The pool warns about it once.
+* "unshare" (full, without bubblewrap): the runner builds the same sandbox itself with unshare(2),
+  mount(2) and pivot_root(2) (see `_runner.py`, section "Namespaces"): new mount, PID, network, IPC
+  and UTS namespaces (and a user namespace mapping the host's uid to 65534 when the host is not root),
+  the same read-only root, /dev, /proc and work tmpfs, the same capabilities and uids as bwrap mode.
+* "weak" (only with allow_weak): the runner is a plain subprocess in its own session with a clean
+  environment and a private directory under the host's temporary directory (created and removed by
+  the runner, also when the host dies); tests still get every rlimit, a private working directory,
+  no_new_privs and (when root) a dedicated unprivileged uid, and leftovers are killed by uid (root) or
+  as descendants of the runner (a child subreaper). There is NO network or filesystem isolation beyond
+  file permissions: a program can reach the network and read the host's world-readable files (problem
+  files with private tests included), so "auto" never falls back to it unless allowed.
+
+"auto" is bwrap when it works, else unshare when it works, else weak if allowed, else an error.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import shutil
 import struct
 import subprocess
@@ -34,7 +43,17 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER = os.path.join(_HERE, "_runner.py")
 CODEC = os.path.join(_HERE, "codec.py")
 _ROOT_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
-_warned = threading.Event()
+_announced: set = set()  # modes already logged once
+MODES = ("auto", "bwrap", "unshare", "weak")
+WEAK_REFUSED = (
+    "rlef_jax.execution: no isolating sandbox works here: bubblewrap is missing or cannot create namespaces, "
+    "and the 'unshare' sandbox (namespaces without bubblewrap) failed too. The only fallback, the WEAK "
+    "sandbox, runs programs without network or filesystem isolation, so model-written code could read the "
+    "host's files (private tests included) and reach the network. Fix: install bubblewrap (Debian/Ubuntu: "
+    "`apt-get install bubblewrap`) or enable user namespaces (sysctl user.max_user_namespaces / "
+    "kernel.unprivileged_userns_clone); or, only if you accept the risk, allow it knowingly: "
+    "--config.execution.allow_weak_isolation=True (ExecutionPool(allow_weak=True); "
+    "python -m rlef_jax.execute --allow-weak-isolation).")
 
 
 class SandboxDied(RuntimeError):
@@ -105,19 +124,61 @@ def bwrap_works() -> bool:
         return False
 
 
-def resolve_mode(sandbox: str) -> str:
-    """'auto' -> 'bwrap' when it works, else 'weak' (warning once, loudly)."""
-    if sandbox not in ("auto", "bwrap", "weak"):
-        raise ValueError(f"sandbox must be 'auto', 'bwrap' or 'weak', got {sandbox!r}")
+@functools.lru_cache(maxsize=None)
+def unshare_works() -> bool:
+    """Start-up check: does the 'unshare' sandbox start and run a program on this machine?"""
+    from rlef_jax.execution import judge  # pylint: disable=g-import-not-at-top  (judge does not import this)
+    from rlef_jax.execution.types import IOCase, Job, Limits  # pylint: disable=g-import-not-at-top
+    box = None
+    try:
+        box = SandboxProcess("unshare", 1 << 20)
+        timer = threading.Timer(30, box.kill)
+        timer.start()
+        try:
+            msgs = list(box.run(judge.job_message(Job("print('ok')", [IOCase("", "ok\n")], limits=Limits(time_s=10)))))
+        finally:
+            timer.cancel()
+        return any(m.get("type") == "case" and m.get("stdout") == "ok\n" and m.get("exit_code") == 0 for m in msgs)
+    except (OSError, SandboxDied, ValueError):
+        return False
+    finally:
+        if box is not None:
+            box.kill()
+
+
+def resolve_mode(sandbox: str, allow_weak: bool = False) -> str:
+    """'auto' -> 'bwrap' when it works, else 'unshare' when it works, else 'weak' if `allow_weak` (with
+    a loud warning, once), else RuntimeError(WEAK_REFUSED). 'weak' itself also needs `allow_weak`."""
+    if sandbox not in MODES:
+        raise ValueError(f"sandbox must be one of {MODES}, got {sandbox!r}")
+    if not isinstance(allow_weak, bool):
+        raise TypeError(f"allow_weak must be a bool, got {allow_weak!r}")
     if sandbox == "bwrap" and not bwrap_works():
         raise RuntimeError("sandbox='bwrap' but bubblewrap is missing or cannot create namespaces here; "
-                           "install the Debian package `bubblewrap` or use sandbox='auto'/'weak'")
-    mode = sandbox if sandbox != "auto" else ("bwrap" if bwrap_works() else "weak")
-    if mode == "weak" and not _warned.is_set():
-        _warned.set()
-        logging.warning("rlef_jax.execution: bubblewrap is unavailable, so programs run in the WEAK sandbox "
-                        "(rlimits, own session, private directory, clean env, unprivileged uid when root) "
-                        "WITHOUT network or filesystem isolation. Install `bubblewrap` for full isolation.")
+                           "install the Debian package `bubblewrap` or use sandbox='auto' or 'unshare'")
+    if sandbox == "unshare" and not unshare_works():
+        raise RuntimeError("sandbox='unshare' but this machine does not let the runner create namespaces "
+                           "(user namespaces disabled, or no CAP_SYS_ADMIN); install bubblewrap or use sandbox='auto'")
+    mode = sandbox
+    if sandbox == "auto":
+        mode = "bwrap" if bwrap_works() else "unshare" if unshare_works() else "weak"
+        if mode == "unshare" and mode not in _announced:
+            _announced.add(mode)
+            logging.info("rlef_jax.execution: bubblewrap is unavailable; programs run in the 'unshare' sandbox "
+                         "(namespaces created by the runner itself)")
+    if mode == "weak":
+        if not allow_weak:
+            if sandbox == "weak":
+                raise RuntimeError(
+                    "sandbox='weak' runs programs WITHOUT network or filesystem isolation (they can read the "
+                    "host's files, private tests included); pass allow_weak=True "
+                    "(--config.execution.allow_weak_isolation=True, --allow-weak-isolation) to use it knowingly")
+            raise RuntimeError(WEAK_REFUSED)
+        if mode not in _announced:
+            _announced.add(mode)
+            logging.warning("rlef_jax.execution: programs run in the WEAK sandbox (rlimits, own session, private "
+                            "directory, clean env, unprivileged uid when root) WITHOUT network or filesystem "
+                            "isolation, as allowed by allow_weak. Install `bubblewrap` for full isolation.")
     return mode
 
 
@@ -135,19 +196,26 @@ class SandboxProcess:
             config.update(work="/w/t", codec="/rlef/codec.py")
             argv = [interpreter(), "-I", "-S", "/rlef/runner.py", json.dumps(config)]
             cmd = bwrap_command(argv, work_bytes, _interpreter_paths() + site_packages())
-            cwd = "/"
-        else:
-            self._tmp = tempfile.mkdtemp(prefix="rlef_exec_")
-            os.chmod(self._tmp, 0o755)
-            config.update(work=os.path.join(self._tmp, "t"), codec=CODEC, path_fds=os.geteuid() == 0)
+        elif mode == "unshare":
+            config.update(mode="unshare", work="/w/t", codec=CODEC, work_bytes=work_bytes,
+                          ro_paths=_interpreter_paths() + site_packages())
             cmd = [interpreter(), "-I", "-S", RUNNER, json.dumps(config)]
-            cwd = self._tmp
+        elif mode == "weak":
+            # The runner creates and removes this directory (on the host's death too); we only name it.
+            self._tmp = os.path.join(tempfile.gettempdir(), f"rlef_exec_{secrets.token_hex(8)}")
+            config.update(mode="weak", own_dir=self._tmp, work=os.path.join(self._tmp, "t"), codec=CODEC,
+                          path_fds=os.geteuid() == 0)
+            cmd = [interpreter(), "-I", "-S", RUNNER, json.dumps(config)]
+        else:
+            raise ValueError(f"unknown sandbox mode {mode!r}")
+        cwd = "/"
         debug = os.environ.get("RLEF_EXEC_DEBUG")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=None if debug else subprocess.DEVNULL, env={}, cwd=cwd,
                                      start_new_session=True, close_fds=True, bufsize=0)
         self._out = io.BufferedReader(self.proc.stdout, 1 << 16)
         self.jobs_run = 0
+        self.died = False
 
     def run(self, job_msg: dict):
         """Send one job; yield the runner's messages until "done". Raises SandboxDied on EOF."""
@@ -155,6 +223,7 @@ class SandboxProcess:
         try:
             self.proc.stdin.write(struct.pack(">I", len(data)) + data)
         except (BrokenPipeError, OSError) as e:
+            self.died = True
             raise SandboxDied(f"sandbox runner is gone: {e}") from None
         self.jobs_run += 1
         while True:
@@ -174,29 +243,33 @@ class SandboxProcess:
         while got < n:
             b = self._out.read(n - got)
             if not b:
+                self.died = True  # (its stdout can close before the process can be waited for)
                 raise SandboxDied(f"sandbox runner exited (status {self.proc.poll()})")
             chunks.append(b)
             got += len(b)
         return b"".join(chunks)
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return not self.died and self.proc.poll() is None
 
     def kill(self):
-        """End the sandbox: closing stdin ends the runner; SIGKILL of bwrap tears down its PID namespace."""
+        """End the sandbox. Closing stdin ends an idle runner. Otherwise: SIGKILL of bwrap (or of the
+        unshare runner's first process) tears down its PID namespace; a weak runner gets SIGTERM first,
+        so that it kills and reaps its tests and removes its directory itself (else we remove it)."""
         try:
             self.proc.stdin.close()
         except OSError:
             pass
-        if self.mode == "bwrap":
-            try:
-                self.proc.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        else:
-            try:
-                self.proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
+        try:
+            self.proc.wait(timeout=0.5 if self.mode != "weak" else 0.2)
+        except subprocess.TimeoutExpired:
+            if self.mode == "weak":
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+            else:
                 self.proc.kill()
         try:
             self.proc.wait(timeout=5)
