@@ -54,18 +54,36 @@ class SampleOutput:
   cache: KVCache
 
 
+NUCLEUS_PREFILTER = 256  # the nucleus is looked for among this many most likely tokens first
+
+
+def _nucleus_threshold_B(sorted_BxK, logz_B, top_p):
+  """Per row: the smallest value of the nucleus among `sorted_BxK` (descending, the K largest scaled
+  logits) and whether those K tokens hold at least `top_p` of the mass (else the nucleus is wider)."""
+  probs_BxK = jnp.exp(sorted_BxK - logz_B[:, None])
+  mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
+  num_kept_B = jnp.maximum(jnp.sum(mass_before_BxK < top_p, axis=-1), 1)
+  threshold_B = jnp.take_along_axis(sorted_BxK, num_kept_B[:, None] - 1, axis=-1)
+  return threshold_B, jnp.sum(probs_BxK, axis=-1) >= top_p
+
+
 def sampling_logprobs_BxV(logits_BxV: jax.Array, temperature: float, top_p: float) -> jax.Array:
   """Log-probs of the distribution sampled from: softmax(logits / temperature) restricted to the
   nucleus (the fewest most-likely tokens whose mass reaches `top_p`, ties at its edge included) and
   renormalised; −inf outside. Needs temperature > 0.
+
+  The nucleus is found among the `NUCLEUS_PREFILTER` most likely tokens (`lax.top_k`); only when those
+  hold less than `top_p` of the mass (a flat distribution) is the whole vocabulary sorted. Both give
+  the same nucleus; sorting 49k logits per row every step cost ~160 ms at batch 12 on a 2-core CPU.
   """
   scaled_BxV = logits_BxV.astype(jnp.float32) / temperature
   if top_p < 1.0:
-    sorted_BxV = -jnp.sort(-scaled_BxV, axis=-1)
-    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-    num_kept_B = jnp.maximum(jnp.sum(mass_before_BxV < top_p, axis=-1), 1)
-    threshold_B = jnp.take_along_axis(sorted_BxV, num_kept_B[:, None] - 1, axis=-1)
+    logz_B = jax.nn.logsumexp(scaled_BxV, axis=-1)
+    k = min(NUCLEUS_PREFILTER, scaled_BxV.shape[-1])
+    threshold_B, enough_B = _nucleus_threshold_B(jax.lax.top_k(scaled_BxV, k)[0], logz_B, top_p)
+    threshold_B = jax.lax.cond(
+        jnp.all(enough_B), lambda: threshold_B,
+        lambda: _nucleus_threshold_B(-jnp.sort(-scaled_BxV, axis=-1), logz_B, top_p)[0])
     scaled_BxV = jnp.where(scaled_BxV >= threshold_B, scaled_BxV, -jnp.inf)
   return jax.nn.log_softmax(scaled_BxV, axis=-1)
 
@@ -108,43 +126,54 @@ def _sample_B(logits_BxV, keys_B, step_B, temperature, top_p):
   return token_B, logp_B, raw_B
 
 
-@functools.partial(
-    jax.jit, donate_argnames=("cache",),
-    static_argnames=("model", "max_new_tokens", "temperature", "top_p", "stop_ids", "pad_id", "mesh",
-                     "attend_slots"))
-def _generate(params, cache, new_tokens_BxL, num_new_B, active_B, keys_B, *, model, max_new_tokens,
-              temperature, top_p, stop_ids, pad_id, mesh, attend_slots):
-  del mesh  # only part of the compilation key: tracing under a mesh adds sharding constraints
-  S = cache.capacity
-  T = max_new_tokens
-  stop_ids_K = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
-  is_stop = lambda tok_B: jnp.any(tok_B[:, None] == stop_ids_K[None, :], axis=-1)
-  index_T = jnp.arange(T, dtype=jnp.int32)
+_STATIC = ("model", "max_new_tokens", "temperature", "top_p", "stop_ids", "pad_id", "mesh", "attend_slots")
 
+
+def _is_stop(token_B, stop_ids):
+  stop_ids_K = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+  return jnp.any(token_B[:, None] == stop_ids_K[None, :], axis=-1)
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",), static_argnames=_STATIC)
+def _prefill(params, cache, new_tokens_BxL, num_new_B, active_B, keys_B, *, model, max_new_tokens,
+             temperature, top_p, stop_ids, pad_id, mesh, attend_slots):
+  """Appends the chunk and samples each active row's first token: the decoding carry."""
+  del mesh  # only part of the compilation key: tracing under a mesh adds sharding constraints
+  S, T = cache.capacity, max_new_tokens
+  index_T = jnp.arange(T, dtype=jnp.int32)
   last_B = jnp.maximum(num_new_B - 1, 0)
   logits_Bx1xV, cache = model.apply({"params": params}, new_tokens_BxL, cache=cache,
                                     num_new_B=num_new_B, logits_at_B=last_B, attend_slots=attend_slots)
-  logits_BxV = logits_Bx1xV[:, 0]
   # Each generated token is written to the cache; a row keeps one slot free because the model
   # writes a (discarded) pad token at every row's end in each decoding step.
   budget_B = jnp.where(active_B, jnp.clip(S - 1 - cache.lengths_B, 0, T), 0)
-
-  token_B, logp_B, raw_B = _sample_B(logits_BxV, keys_B, jnp.zeros_like(num_new_B), temperature, top_p)
+  token_B, logp_B, raw_B = _sample_B(logits_Bx1xV[:, 0], keys_B, jnp.zeros_like(num_new_B), temperature,
+                                     top_p)
   go_B = budget_B > 0
   first_BxT = (index_T[None, :] == 0) & go_B[:, None]
-  tokens_BxT = jnp.where(first_BxT, token_B[:, None], pad_id).astype(jnp.int32)
-  logprobs_BxT = jnp.where(first_BxT, logp_B[:, None], 0.0)
-  raw_logprobs_BxT = jnp.where(first_BxT, raw_B[:, None], 0.0)
   n_B = go_B.astype(jnp.int32)
-  stopped_B = go_B & is_stop(token_B)
-  carry = dict(tokens_BxT=tokens_BxT, logprobs_BxT=logprobs_BxT, raw_logprobs_BxT=raw_logprobs_BxT,
-               n_B=n_B, stopped_B=stopped_B, finished_B=~go_B | stopped_B | (n_B >= budget_B),
-               pending_B=go_B, last_B=jnp.where(go_B, token_B, pad_id), cache=cache)
+  stopped_B = go_B & _is_stop(token_B, stop_ids)
+  return dict(tokens_BxT=jnp.where(first_BxT, token_B[:, None], pad_id).astype(jnp.int32),
+              logprobs_BxT=jnp.where(first_BxT, logp_B[:, None], 0.0),
+              raw_logprobs_BxT=jnp.where(first_BxT, raw_B[:, None], 0.0),
+              n_B=n_B, stopped_B=stopped_B, finished_B=~go_B | stopped_B | (n_B >= budget_B),
+              pending_B=go_B, last_B=jnp.where(go_B, token_B, pad_id), budget_B=budget_B, cache=cache)
 
-  def cond(c):
-    return jnp.any(c["pending_B"])
 
-  def body(c):
+@functools.partial(jax.jit, donate_argnames=("carry",), static_argnames=_STATIC)
+def _decode(params, carry, keys_B, max_steps, *, model, max_new_tokens, temperature, top_p, stop_ids,
+            pad_id, mesh, attend_slots):
+  """At most `max_steps` decoding steps (a dynamic bound: no recompilation), while any row is pending."""
+  del mesh, max_new_tokens
+  T = carry["tokens_BxT"].shape[1]
+  index_T = jnp.arange(T, dtype=jnp.int32)
+
+  def cond(state):
+    c, steps = state
+    return jnp.any(c["pending_B"]) & (steps < max_steps)
+
+  def body(state):
+    c, steps = state
     logits_Bx1xV, cache = model.apply({"params": params}, c["last_B"][:, None], cache=c["cache"],
                                       num_new_B=c["pending_B"].astype(jnp.int32),
                                       attend_slots=attend_slots)
@@ -152,17 +181,87 @@ def _generate(params, cache, new_tokens_BxL, num_new_B, active_B, keys_B, *, mod
     go_B = ~c["finished_B"]
     at_BxT = (index_T[None, :] == c["n_B"][:, None]) & go_B[:, None]
     n_B = c["n_B"] + go_B
-    stop_B = go_B & is_stop(token_B)
+    stop_B = go_B & _is_stop(token_B, stop_ids)
     return dict(
         tokens_BxT=jnp.where(at_BxT, token_B[:, None], c["tokens_BxT"]),
         logprobs_BxT=jnp.where(at_BxT, logp_B[:, None], c["logprobs_BxT"]),
         raw_logprobs_BxT=jnp.where(at_BxT, raw_B[:, None], c["raw_logprobs_BxT"]),
         n_B=n_B, stopped_B=c["stopped_B"] | stop_B,
-        finished_B=c["finished_B"] | stop_B | (n_B >= budget_B),
-        pending_B=go_B, last_B=jnp.where(go_B, token_B, pad_id), cache=cache)
+        finished_B=c["finished_B"] | stop_B | (n_B >= c["budget_B"]),
+        pending_B=go_B, last_B=jnp.where(go_B, token_B, pad_id), budget_B=c["budget_B"],
+        cache=cache), steps + 1
 
-  c = jax.lax.while_loop(cond, body, carry)
-  out_of_cache_B = active_B & ~c["stopped_B"] & (c["n_B"] == budget_B) & (budget_B < T)
+  carry, _ = jax.lax.while_loop(cond, body, (carry, jnp.zeros((), jnp.int32)))
+  return carry
+
+
+@jax.jit
+def _take_rows(carry, keys_B, rows_R, pad_R):
+  """The carry (cache included) and keys of rows `rows_R`; rows with `pad_R` are idle padding."""
+  take = lambda x: x[rows_R]
+  out = jax.tree.map(take, {k: v for k, v in carry.items() if k != "cache"})
+  cache = carry["cache"]
+  out["cache"] = KVCache(tuple(map(take, cache.keys)), tuple(map(take, cache.values)), take(cache.lengths_B))
+  out["pending_B"] = out["pending_B"] & ~pad_R
+  out["finished_B"] = out["finished_B"] | pad_R
+  return out, take(keys_B)
+
+
+@functools.partial(jax.jit, donate_argnames=("full",))
+def _put_rows(full, part, rows_R, real_R):
+  """Writes the rows of `part` (a compacted carry) back into `full` at `rows_R` (padding skipped)."""
+  rows_R = jnp.where(real_R, rows_R, full["n_B"].shape[0])  # out of range: dropped
+
+  def put(f, p):
+    return f.at[rows_R].set(p, mode="drop")
+
+  out = jax.tree.map(put, {k: v for k, v in full.items() if k != "cache"},
+                     {k: v for k, v in part.items() if k != "cache"})
+  fc, pc = full["cache"], part["cache"]
+  out["cache"] = KVCache(tuple(map(put, fc.keys, pc.keys)), tuple(map(put, fc.values, pc.values)),
+                         put(fc.lengths_B, pc.lengths_B))
+  return out
+
+
+def _compact_size(live: int, multiple: int) -> int:
+  """The batch a compacted decode runs: `multiple` times a power of two, at least `live` rows."""
+  size = multiple
+  while size < live:
+    size *= 2
+  return size
+
+
+def _run(params, cache, new_tokens_BxL, num_new_B, active_B, keys_B, *, segment, compact, **static):
+  """Prefill, then decoding in segments of `segment` steps; when at most half the batch is still
+  decoding, the live rows continue as a smaller batch (their carry and cache gathered; written back
+  at the end), so rows that stopped early stop costing compute."""
+  carry = _prefill(params, cache, new_tokens_BxL, num_new_B, active_B, keys_B, **static)
+  B = num_new_B.shape[0]
+  full, rows = None, None  # the full-size carry while a compacted one decodes; its rows
+  part, part_keys = carry, keys_B
+  multiple = compact or 1
+  while True:
+    pending = np.asarray(jax.device_get(part["pending_B"]))
+    if not pending.any():
+      break
+    live = np.flatnonzero(pending)
+    size = _compact_size(len(live), multiple)
+    if compact and size <= pending.shape[0] // 2:
+      if full is None:
+        full, base = part, np.arange(B)
+      else:
+        full = _put_rows(full, part, jnp.asarray(rows), jnp.asarray(rows < B))
+        base = rows
+      picked = np.concatenate([live, np.full(size - len(live), live[0])])
+      rows = np.where(np.arange(size) < len(live), base[picked], B)  # B marks padding
+      part, part_keys = _take_rows(full, keys_B, jnp.asarray(np.minimum(rows, B - 1)),
+                                   jnp.asarray(rows >= B))
+    part = _decode(params, part, part_keys, segment, **static)
+  if full is not None:
+    part = _put_rows(full, part, jnp.asarray(rows), jnp.asarray(rows < B))
+  c = part
+  T = static["max_new_tokens"]
+  out_of_cache_B = active_B & ~c["stopped_B"] & (c["n_B"] == c["budget_B"]) & (c["budget_B"] < T)
   return SampleOutput(c["tokens_BxT"], c["logprobs_BxT"], c["raw_logprobs_BxT"], c["n_B"],
                       c["stopped_B"], out_of_cache_B, c["cache"])
 
@@ -218,7 +317,8 @@ def _check_inputs(cache, new_tokens_BxL, num_new_B, active_B, max_new_tokens, te
 def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Array, *,
              model: nn.Module, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
              stop_ids: Sequence[int] = (), pad_id: int = 0, active_B=None,
-             mesh: Optional[jax.sharding.Mesh] = None) -> SampleOutput:
+             mesh: Optional[jax.sharding.Mesh] = None, segment: int = 64,
+             compact_rows: bool = True) -> SampleOutput:
   """Appends `new_tokens_BxL` to `cache` and samples up to `max_new_tokens` tokens per active row.
 
   Args:
@@ -237,6 +337,9 @@ def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Ar
     active_B: rows to generate for (default all); inactive rows generate nothing.
     mesh: when given, tracing runs under `sharding.use_mesh(mesh)`, so activations and the cache are
       constrained by the logical-axis rules; pass params/cache already placed on their shardings.
+    segment: decoding steps between two looks at which rows are still decoding.
+    compact_rows: when at most half the rows still decode, continue with those rows only (a smaller
+      batch; outputs and cache are the same). One process only.
 
   A row stops at a stop id, at `max_new_tokens`, or when its cache has one free slot left (flagged
   in `out_of_cache_B`). Inputs are checked on the host first (this reads `cache.lengths_B`).
@@ -257,12 +360,17 @@ def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Ar
   window = distributed.agree_max(attend_window(distributed.host_local(cache.lengths_B), num_new_np,
                                                int(max_new_tokens), cache.capacity))
   context = contextlib.nullcontext()
+  # Compaction gathers rows across the batch: one process only (other processes hold other rows);
+  # a compacted batch stays a multiple of the data-parallel size.
+  compact = 0
+  if compact_rows and not distributed.is_multiprocess():
+    compact = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
   if mesh is not None:
     from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
     context = sharding.use_mesh(mesh)
   with context:
-    return _generate(params, cache, new_tokens_BxL, jnp.asarray(num_new_B, jnp.int32),
-                     jnp.asarray(active_B, bool),
-                     keys_B, model=model, max_new_tokens=int(max_new_tokens),
-                     temperature=float(temperature), top_p=float(top_p), stop_ids=stop_ids,
-                     pad_id=int(pad_id), mesh=mesh, attend_slots=window)
+    return _run(params, cache, new_tokens_BxL, jnp.asarray(num_new_B, jnp.int32),
+                jnp.asarray(active_B, bool), keys_B, segment=int(segment), compact=compact,
+                model=model, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                top_p=float(top_p), stop_ids=stop_ids, pad_id=int(pad_id), mesh=mesh,
+                attend_slots=window)

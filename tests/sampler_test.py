@@ -283,3 +283,67 @@ def test_a_wide_chunk_beside_a_nearly_full_idle_row_leaves_its_history_intact(pa
   chunk, lens = _chunk([nxt, []], width=1)
   out = gen(params, out.cache, chunk, lens, jax.random.key(2), active_B=np.array([True, False]))
   assert _generated(out, 0) == _greedy_ref(params, long_prompt + first + nxt, 2)
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])  # flat (the sort fallback) to peaked (top-k only)
+@pytest.mark.parametrize("top_p", [0.5, 0.95])
+def test_nucleus_over_a_large_vocabulary_equals_a_numpy_reference(scale, top_p):
+  rng = np.random.default_rng(int(scale * 100) + int(top_p * 10))
+  logits = rng.normal(size=(6, 3000)) * scale
+  logits[0, :40] = logits[0, 0]  # ties at the nucleus edge are kept
+  got = np.asarray(sampler.sampling_logprobs_BxV(jnp.asarray(logits, jnp.float32), 0.7, top_p))
+  for b in range(6):
+    z = logits[b] / 0.7
+    order = np.argsort(-z, kind="stable")
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    mass_before = np.cumsum(p[order]) - p[order]
+    threshold = z[order][max(int(np.sum(mass_before < top_p)), 1) - 1]
+    keep = z >= threshold - 1e-6 * abs(threshold)
+    want = np.where(keep, z - np.log(np.sum(np.exp(z[keep] - z.max()))) - z.max(), -np.inf)
+    assert np.array_equal(np.isfinite(got[b]), keep), (scale, top_p, b)
+    np.testing.assert_allclose(got[b][keep], want[keep], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_compacting_finished_rows_away_changes_nothing(params, temperature):
+  """Rows that stopped leave the decoding batch (a smaller batch decodes the rest): the outputs,
+  log-probs and the cache are those of decoding the whole batch to the end."""
+  rng = np.random.default_rng(21)
+  prompts = _random_rows(rng, [5, 3, 8, 2, 6, 4, 7, 1])
+  chunk, lens = _chunk(prompts)
+  # Frequent stop ids: rows stop at different steps, so the batch compacts several times.
+  kwargs = dict(model=MODEL, max_new_tokens=16, temperature=temperature, stop_ids=tuple(range(1, 12)),
+                segment=2)
+  keys = jax.random.split(jax.random.key(4), 8)
+  whole = sampler.generate(params, model_lib.init_cache(CFG, 8, S), chunk, lens, keys,
+                           compact_rows=False, **kwargs)
+  lengths = np.asarray(whole.lengths_B)
+  assert len(set(lengths.tolist())) > 2 and lengths.max() > 4 * lengths.min()  # ragged: compaction happens
+  compacted = sampler.generate(params, model_lib.init_cache(CFG, 8, S), chunk, lens, keys, **kwargs)
+  for name in ("tokens_BxT", "lengths_B", "stopped_B", "out_of_cache_B"):
+    np.testing.assert_array_equal(getattr(compacted, name), getattr(whole, name), err_msg=name)
+  np.testing.assert_allclose(compacted.logprobs_BxT, whole.logprobs_BxT, atol=1e-5)
+  np.testing.assert_allclose(compacted.raw_logprobs_BxT, whole.raw_logprobs_BxT, atol=1e-5)
+  # Slots past a row's length hold scratch (the pad each decoding step writes there): not compared.
+  filled_BxS = np.arange(S)[None, :] < np.asarray(whole.cache.lengths_B)[:, None]
+  np.testing.assert_array_equal(compacted.cache.lengths_B, whole.cache.lengths_B)
+  for a, b in zip(compacted.cache.keys + compacted.cache.values, whole.cache.keys + whole.cache.values):
+    mask = filled_BxS[:, None, :, None]
+    np.testing.assert_allclose(np.where(mask, a, 0), np.where(mask, b, 0), atol=1e-5)
+
+
+def test_compacted_rows_are_padded_to_the_data_parallel_size(params):
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  rng = np.random.default_rng(22)
+  prompts = _random_rows(rng, [5, 3, 8, 2, 6, 4, 7, 1])
+  chunk, lens = _chunk(prompts)
+  kwargs = dict(model=MODEL, max_new_tokens=16, temperature=1.0, stop_ids=tuple(range(1, 12)), segment=2)
+  keys = jax.random.split(jax.random.key(5), 8)
+  want = sampler.generate(params, model_lib.init_cache(CFG, 8, S), chunk, lens, keys, compact_rows=False,
+                          **kwargs)
+  sharded_params = sharding.shard_params(params, sharding.param_shardings(MODEL, mesh, params))
+  got = sampler.generate(sharded_params, sharding.init_cache(CFG, 8, S, mesh), chunk, lens, keys, mesh=mesh,
+                         **kwargs)
+  np.testing.assert_array_equal(got.tokens_BxT, want.tokens_BxT)
+  np.testing.assert_array_equal(got.lengths_B, want.lengths_B)
