@@ -138,14 +138,17 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 3,
-               async_save: bool = True):
+               async_save: bool = True, keep_period: int | None = None):
+    """`max_to_keep` most recent checkpoints are kept, and besides them every step that is a
+    multiple of `keep_period` (the evaluated steps, for checkpoint selection)."""
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"Checkpointer max_to_keep must be >= 1 or None (keep all), got {max_to_keep}")
     self.directory = os.path.abspath(os.fspath(directory))
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True),
+            max_to_keep=max_to_keep, keep_period=keep_period or None,
+            enable_async_checkpointing=async_save, create=True),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "extra": ocp.JsonCheckpointHandler()})
 

@@ -140,7 +140,6 @@ def base_config() -> ml_collections.ConfigDict:
   r.score_batch_size = 0  # [U] our choice: episodes per forward pass when a round is scored (old and reference log-probs, values), sorted by length so each pass is padded to its own longest episode; 0 = the whole round in one pass
   r.advantage_norm = "batch"  # [U] our choice: "batch" (mean/std over all turns of the round) | "none"
   r.loss_aggregation = "token_mean"  # [U] our choice: policy loss averaged over all policy tokens of a minibatch ("token_mean") or per turn first ("turn_mean")
-  r.sequence_unit = "episode"  # [U] our choice: a "sequence" in a minibatch is a whole "episode" | one "turn"
   r.behaviour_correction = True  # multiply ratios by stopgrad(min(pi/pi_b, 1)) (paper App. A.1)
   r.kl_clamp = 20.0  # [U] our choice: clamp per-token log(pi/rho) to +-this before averaging (0 = off)
 
@@ -157,13 +156,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.num_updates = 12000  # optimizer updates in the run (paper App. A.1, 8B)
-  c.train.eval_every = 800  # updates between evaluations (paper App. A.1)
+  c.train.eval_every = 800  # updates between evaluations on eval.split (paper App. A.1), a multiple of rl.updates_per_round; 0 = none during training (the final one still runs). Each evaluated step is checkpointed and kept, and the best by eval.select_metric is recorded in WORKDIR/best.json (paper: final checkpoint selected on valid)
   c.train.checkpoint_every = 200  # updates between train-state checkpoints (our choice)
-  c.train.keep_checkpoints = 3  # train-state checkpoints kept on disk (our choice)
+  c.train.keep_checkpoints = 3  # most recent train-state checkpoints kept on disk, besides the evaluated ones (our choice)
   c.train.log_every = 10  # updates between metric logs (our choice)
   c.train.seed = 0  # seed of params init, sampling and value-head init
 
   c.eval = ml_collections.ConfigDict()
+  c.eval.feedback = "true"  # feedback variant at evaluation, independent of env.feedback in training: "true" (the paper's) | "random" | "none" | "rich" (paper §5.7, App. B.3, C.2)
+  c.eval.bootstrap_resamples = 200  # resamples of the bootstrap 95% intervals (paper §5.1: 200)
+  c.eval.select_metric = "multi_turn_1at3"  # summary metric that picks the best evaluated checkpoint (best.json): "multi_turn_1at3" | "single_turn_1at3" | "single_turn_pass1"
   c.eval.temperature = 0.2  # 1@3 evaluation temperature (paper §3.1)
   c.eval.top_p = 0.95  # evaluation nucleus mass (paper §3.1)
   c.eval.num_rollouts_per_problem = 20  # [U] our choice for periodic eval (paper tables: 200 for CodeContests)
@@ -248,14 +250,16 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rl.gamma": _half_open(0, 1), "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
     "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(0), "rl.num_microbatches": _ge(1), "rl.logprob_chunk": _ge(0), "rl.advantage_norm": _choice("batch", "none"),
     "rl.loss_aggregation": _choice("token_mean", "turn_mean"),
-    "rl.sequence_unit": _choice("episode", "turn"), "rl.kl_clamp": _ge(0),
+    "rl.kl_clamp": _ge(0),
     "optim.lr": _gt(0), "optim.value_lr": _gt(0), "optim.weight_decay": _ge(0),
     "optim.warmup_steps": _ge(0),
     "optim.schedule_after_warmup": _choice("constant", "cosine", "linear"),
     "optim.b1": ((lambda v: 0 <= v < 1), "in [0, 1)"), "optim.b2": ((lambda v: 0 <= v < 1), "in [0, 1)"),
     "optim.eps": _gt(0), "optim.grad_clip_norm": _ge(0),
-    "train.num_updates": _ge(1), "train.eval_every": _ge(1), "train.checkpoint_every": _ge(1),
+    "train.num_updates": _ge(1), "train.eval_every": _ge(0), "train.checkpoint_every": _ge(1),
     "train.keep_checkpoints": _ge(1), "train.log_every": _ge(1), "train.seed": _ge(0),
+    "eval.feedback": _choice("true", "random", "none", "rich"), "eval.bootstrap_resamples": _ge(1),
+    "eval.select_metric": _choice("multi_turn_1at3", "single_turn_1at3", "single_turn_pass1"),
     "eval.temperature": _ge(0), "eval.top_p": _half_open(0, 1),
     "eval.num_rollouts_per_problem": _ge(1), "eval.max_turns": _ge(1), "eval.split": _NONEMPTY,
     "eval.max_problems": _ge(0),
@@ -386,6 +390,13 @@ def validate(config, num_devices: int | None = None) -> None:
     raise ValueError(f"config.train.num_updates ({config.train.num_updates}) must be a multiple of "
                      f"config.rl.updates_per_round ({rl.updates_per_round}): a round makes all its "
                      "updates, so the run would overshoot")
+  if config.train.eval_every % rl.updates_per_round:
+    raise ValueError(f"config.train.eval_every ({config.train.eval_every}) must be a multiple of "
+                     f"config.rl.updates_per_round ({rl.updates_per_round}): evaluations run between rounds "
+                     "(0 turns them off during training)")
+  if config.eval.select_metric != "multi_turn_1at3" and not config.eval.single_turn:
+    raise ValueError(f"config.eval.select_metric={config.eval.select_metric!r} needs single-turn samples "
+                     "(config.eval.single_turn=True)")
   if config.warmstart.enabled and config.warmstart.steps < 1:
     raise ValueError("config.warmstart.steps must be >= 1 when config.warmstart.enabled is True")
   if config.warmstart.feedback_fraction > 0 and config.warmstart.dialogue_turns < 2:

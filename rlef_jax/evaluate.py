@@ -7,8 +7,8 @@
 * Single-turn (ST): three independent first responses; pass@1 is the rate at which one response passes
   all tests, and ST 1@3 submits the first of the three that passes the public tests, else the last
   ([I] paper §5.1, the same public-test rule).
-* 95% intervals: bootstrap over episodes, 1000 resamples, 2.5 and 97.5 percentiles (paper §5.1 uses
-  200 resamples; more only tightens the estimate of the interval itself).
+* 95% intervals: bootstrap over episodes, `config.eval.bootstrap_resamples` resamples (default 200, as
+  paper §5.1), 2.5 and 97.5 percentiles.
 
 Every episode is written next to the summary (`NAME.episodes.jsonl`, one JSON object per line), so
 other estimators and the error analysis of paper Fig. 3 need no rerun: `problem`, `mode`
@@ -30,7 +30,7 @@ import numpy as np
 
 from rlef_jax import rollout as rollout_lib
 
-BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_RESAMPLES = 200  # paper §5.1 (config.eval.bootstrap_resamples)
 
 
 def bootstrap_interval(successes: Sequence[float], seed: int = 0,
@@ -44,8 +44,8 @@ def bootstrap_interval(successes: Sequence[float], seed: int = 0,
   return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def _summary(successes: Sequence[float], seed: int) -> dict[str, Any]:
-  lo, hi = bootstrap_interval(successes, seed)
+def _summary(successes: Sequence[float], seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+  lo, hi = bootstrap_interval(successes, seed, resamples)
   return {"mean": float(np.mean(successes)) if len(successes) else float("nan"),
           "ci95": [lo, hi], "episodes": len(successes)}
 
@@ -116,7 +116,8 @@ def run_split(engine: rollout_lib.RolloutEngine, params: Any, problems: Sequence
 
 def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.RolloutEngine | None,
              params: Any, problems: Sequence[Any], *, num_rollouts: int, rng: Any,
-             seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """Runs the evaluation episodes; returns (summary, per-episode outcomes)."""
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -125,10 +126,10 @@ def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.Rollou
   mt = [dict(o, mode="multi_turn") for o in mt]
   summary: dict[str, Any] = {
       "problems": len(problems), "rollouts_per_problem": num_rollouts,
-      "multi_turn_1at3": _summary([o["solved"] for o in mt], seed),
+      "multi_turn_1at3": _summary([o["solved"] for o in mt], seed, resamples),
       "multi_turn_turns_mean": float(np.mean([o["turns"] for o in mt])),
       "multi_turn_first_turn_pass": _summary(
-          [float(o["public_passed"][0] and o["turns"] == 1 and o["solved"]) for o in mt], seed),
+          [float(o["public_passed"][0] and o["turns"] == 1 and o["solved"]) for o in mt], seed, resamples),
       "rollout_seconds": stats.seconds,
   }
   outcomes = mt
@@ -136,8 +137,8 @@ def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.Rollou
     st_problems = [p for p in problems for _ in range(3 * num_rollouts)]
     st, st_stats = run_split(engine_st, params, st_problems, jax.random.fold_in(rng, 1))
     st = [dict(o, mode="single_turn") for o in st]
-    summary["single_turn_pass1"] = _summary([o["solved"] for o in st], seed)
-    summary["single_turn_1at3"] = _summary(single_turn_one_at_three(st), seed)
+    summary["single_turn_pass1"] = _summary([o["solved"] for o in st], seed, resamples)
+    summary["single_turn_1at3"] = _summary(single_turn_one_at_three(st), seed, resamples)
     summary["single_turn_rollout_seconds"] = st_stats.seconds
     outcomes = mt + st
   return summary, outcomes

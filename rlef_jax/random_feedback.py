@@ -9,6 +9,10 @@ solutions in random order, followed by the fallback program; the caller runs all
 `random_feedback_text` renders the first one that fails. Taking the first failure of a uniformly
 shuffled list is a uniform draw among the failing candidates, and the fallback is reached only when no
 candidate fails. Early stopping still uses the true public tests of the episode's own problem.
+
+Pools without any incorrect solutions (HumanEval+, MBPP+, the MBPP task set: the datasets ship none)
+draw the other problem among those with public tests, and its feedback is the fallback's: the paper's
+rule for "no incorrect solution fails", applied to "none exists" ([U]; docs/method.md §1.7).
 """
 from __future__ import annotations
 
@@ -38,7 +42,10 @@ def random_feedback_job(problem: Problem, pool_of_problems: Sequence[Problem], r
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}.")
     config = EnvConfig.from_config(env_config)
-    others = [p for p in pool_of_problems if p.name != problem.name and p.incorrect_solutions and p.public_cases]
+    with_tests = [p for p in pool_of_problems if p.name != problem.name and p.public_cases]
+    others = [p for p in with_tests if p.incorrect_solutions]
+    if not others and not any(p.incorrect_solutions for p in pool_of_problems):
+        others = with_tests  # a pool without incorrect solutions: the fallback's feedback (module docstring)
     if not others:
         raise ValueError(f"No problem other than {problem.name!r} in the pool has incorrect solutions and public "
                          "tests; random feedback (App. C.2) needs a pool such as the whole evaluation split.")

@@ -307,7 +307,7 @@ def batch_length(records: Sequence[EpisodeRecord], length_bucket: int = 128) -> 
 def to_batch(records: Sequence[EpisodeRecord], *, max_turns: int, pad_id: int,
              length_bucket: int = 128, min_length: int = 0) -> dict[str, np.ndarray]:
   """Right-padded training arrays of whole episodes (one row per episode = one PPO "sequence", our
-  reading of the paper's "4 updates on 256 sequences each", config.rl.sequence_unit).
+  reading of the paper's "4 updates on 256 sequences each"; [U], docs/method.md open point 7).
 
   `min_length`: pad to at least this many positions (processes of one run pad to the same length).
   `length_B` is each episode's token count; `turn_id_BxL` marks each policy token with its turn;

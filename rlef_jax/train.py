@@ -33,6 +33,7 @@ from rlef_jax import checkpoint as checkpoint_lib
 from rlef_jax import config as config_lib
 from rlef_jax import distributed
 from rlef_jax import env as env_lib
+from rlef_jax import env_config as env_config_lib
 from rlef_jax import evaluate as evaluate_lib
 from rlef_jax import metrics as metrics_lib
 from rlef_jax import model as model_lib
@@ -46,9 +47,14 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluations.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "evaluate only: a train step in the workdir, 'warmstart', or a "
-                                  "params directory (default: the latest train checkpoint).")
+                                  "evaluate only: a train step in the workdir, 'best' (WORKDIR/best.json), "
+                                  "'warmstart'/'reference', or a params directory (default: the latest "
+                                  "train checkpoint).")
 _SPLIT = flags.DEFINE_string("split", None, "evaluate only: the split (default config.eval.split).")
+_FEEDBACK = flags.DEFINE_list("feedback", None, "evaluate only: feedback variants to evaluate, e.g. "
+                              "true,random,none (default config.eval.feedback).")
+_MAX_TURNS = flags.DEFINE_list("max_turns", None, "evaluate only: turn budgets to evaluate, e.g. "
+                               "1,2,3,5,10 (default config.eval.max_turns).")
 
 REFERENCE_DIR = "reference_params"   # the frozen initial policy ρ (after the warm start, if any)
 EVAL_DIR = "eval"
@@ -151,35 +157,73 @@ def rollout_settings(config: Any, *, evaluation: bool) -> rollout_lib.RolloutSet
       top_p=config.eval.top_p if evaluation else config.sampling.top_p)
 
 
-def _env_config(config: Any, max_turns: int) -> Any:
+def eval_env_config(config: Any, max_turns: int, feedback: str) -> Any:
+  """`config.env` with the evaluation's turn limit and feedback variant (not the training ones)."""
   env_config = config.env.copy_and_resolve_references()
   with env_config.unlocked():
     env_config.max_turns = max_turns
+    env_config.feedback = feedback
   return env_config
 
 
-def evaluation_engines(run: Run) -> tuple[rollout_lib.RolloutEngine, rollout_lib.RolloutEngine]:
+def evaluation_engines(run: Run, *, max_turns: Optional[int] = None, feedback: Optional[str] = None
+                       ) -> tuple[rollout_lib.RolloutEngine, rollout_lib.RolloutEngine]:
+  """Multi-turn and single-turn engines of the evaluation (default: config.eval's turns and feedback)."""
   c = run.config
   settings = rollout_settings(c, evaluation=True)
+  max_turns = c.eval.max_turns if max_turns is None else max_turns
+  feedback = c.eval.feedback if feedback is None else feedback
   mt = rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
-                                 _env_config(c, c.eval.max_turns), settings, run.mesh)
+                                 eval_env_config(c, max_turns, feedback), settings, run.mesh)
   st = rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
-                                 _env_config(c, 1), settings, run.mesh)
+                                 eval_env_config(c, 1, "true"), settings, run.mesh)
   return mt, st
 
 
 def run_evaluation(run: Run, params: Any, problems: Sequence[Any], name: str, rng: jax.Array,
-                   single_turn: bool = True) -> dict:
-  mt, st = evaluation_engines(run)
+                   single_turn: bool = True, *, checkpoint: str = "", step: Optional[int] = None,
+                   split: str = "", max_turns: Optional[int] = None, feedback: Optional[str] = None
+                   ) -> dict:
+  """Evaluates `params` on `problems`; writes `eval/NAME.json` (summary with what was evaluated how)
+  and `eval/NAME.episodes.jsonl` (every episode, rlef_jax/evaluate.py)."""
+  c = run.config
+  max_turns = c.eval.max_turns if max_turns is None else max_turns
+  feedback = c.eval.feedback if feedback is None else feedback
+  mt, st = evaluation_engines(run, max_turns=max_turns, feedback=feedback)
   summary, outcomes = evaluate_lib.evaluate(
-      mt, st if single_turn and run.config.eval.single_turn else None, params, problems,
-      num_rollouts=run.config.eval.num_rollouts_per_problem, rng=rng, seed=run.config.train.seed)
-  summary["name"] = name
+      mt, st if single_turn and c.eval.single_turn else None, params, problems,
+      num_rollouts=c.eval.num_rollouts_per_problem, rng=rng, seed=c.train.seed,
+      resamples=c.eval.bootstrap_resamples)
+  summary.update(name=name, checkpoint=checkpoint, step=step, dataset=c.eval.dataset or c.data.name,
+                 split=split or c.eval.split, feedback=feedback, max_turns=max_turns,
+                 temperature=c.eval.temperature, top_p=c.eval.top_p)
   if jax.process_index() == 0:
     path = evaluate_lib.write_results(os.path.join(run.workdir, EVAL_DIR), name, summary, outcomes)
     logging.info("evaluation %s: %s (%s)", name, evaluate_lib.format_summary(summary), path)
     print(f"[eval {name}] {evaluate_lib.format_summary(summary)}", flush=True)
   return summary
+
+
+BEST_FILE = "best.json"
+
+
+def record_best(workdir: str, summary: dict, metric: str) -> None:
+  """Keeps `WORKDIR/best.json` pointing at the evaluated checkpoint with the highest `metric` on the
+  evaluation split (paper App. A.1: the final checkpoint is selected on valid); ties keep the earlier."""
+  if jax.process_index() != 0 or metric not in summary:
+    return
+  path = os.path.join(workdir, BEST_FILE)
+  value = float(summary[metric]["mean"])
+  if os.path.exists(path):
+    with open(path) as f:
+      best = json.load(f)
+    if best.get("metric") == metric and best["value"] >= value:
+      return
+  entry = {"checkpoint": summary["checkpoint"], "step": summary["step"], "metric": metric, "value": value,
+           "split": summary.get("split"), "evaluation": summary["name"]}
+  with open(path + ".tmp", "w") as f:
+    json.dump(entry, f, indent=2)
+  os.replace(path + ".tmp", path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +399,8 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
         process_index=jax.process_index(), process_count=jax.process_count())
 
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                               max_to_keep=c.train.keep_checkpoints)
+                                               max_to_keep=c.train.keep_checkpoints,
+                                               keep_period=c.train.eval_every)
     start_step = 0
     if checkpointer.latest_step() is not None:
       state, extra = checkpointer.restore(None, checkpoint_lib.abstract_like(state))
@@ -370,7 +415,8 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
         os.path.exists(os.path.join(workdir, EVAL_DIR, "step_0.json")))[0]
     if start_step == 0 and not before_done:
       results["before"] = run_evaluation(run, ref_params, problems_eval, "step_0",
-                                         jax.random.fold_in(eval_rng, 0))
+                                         jax.random.fold_in(eval_rng, 0), checkpoint="reference", step=0)
+      record_best(workdir, results["before"], c.eval.select_metric)
 
     engine = rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
                                        c.env, rollout_settings(c, evaluation=False), run.mesh)
@@ -428,10 +474,14 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
       # A signal reaches the hosts of a pod at different times; all stop after the same round.
       stopping = bool(distributed.agree_max(
           _Stop.requested or (stop_after_updates is not None and step >= stop_after_updates)))
-      if c.train.eval_every and (step % c.train.eval_every < per_round) and not last:
-        run_evaluation(run, state.policy_params, problems_eval, f"step_{step}",
-                       jax.random.fold_in(eval_rng, step), single_turn=False)
-      if last or stopping or step - last_checkpoint >= c.train.checkpoint_every:
+      evaluating = bool(c.train.eval_every) and step % c.train.eval_every == 0 and not last
+      if evaluating:
+        summary = run_evaluation(run, state.policy_params, problems_eval, f"step_{step}",
+                                 jax.random.fold_in(eval_rng, step),
+                                 single_turn=c.eval.select_metric != "multi_turn_1at3",
+                                 checkpoint=f"step_{step}", step=step)
+        record_best(workdir, summary, c.eval.select_metric)
+      if last or stopping or evaluating or step - last_checkpoint >= c.train.checkpoint_every:
         checkpointer.save(step, state, {"data_iterator": _iterator_states(iterator)})
         last_checkpoint = step
       if stopping and not last:
@@ -444,7 +494,9 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
     writer.close()
     checkpointer.close()
     results["after"] = run_evaluation(run, state.policy_params, problems_eval, f"step_{step}_final",
-                                      jax.random.fold_in(eval_rng, 10**9))
+                                      jax.random.fold_in(eval_rng, 10**9), checkpoint=f"step_{step}",
+                                      step=step)
+    record_best(workdir, results["after"], c.eval.select_metric)
     if "before" not in results:
       before_path = os.path.join(workdir, EVAL_DIR, "step_0.json")
       if os.path.exists(before_path):
@@ -458,37 +510,69 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
     run.close()
 
 
+def _evaluated_params(run: Run, which: Optional[str]) -> tuple[Any, str, Optional[int]]:
+  """(params, checkpoint name, step) of `--checkpoint`: a step, 'best', 'warmstart'/'reference', a
+  params directory, or (None) the latest train checkpoint."""
+  c, workdir = run.config, run.workdir
+  shardings = sharding.param_shardings(run.policy_model, run.mesh)
+  if which == "best":
+    path = os.path.join(workdir, BEST_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"--checkpoint=best: {path} does not exist (it is written by training "
+                              "runs that evaluate, train.eval_every > 0 or the final evaluation)")
+    with open(path) as f:
+      best = json.load(f)
+    print(f"[evaluate] best checkpoint by {best['metric']} on {best.get('split')}: {best['checkpoint']} "
+          f"({best['value']:.4f})", flush=True)
+    which = "reference" if best["checkpoint"] == "reference" else str(best["step"])
+  if which in ("warmstart", "reference"):
+    params, _ = checkpoint_lib.restore_params(os.path.join(workdir, REFERENCE_DIR), shardings=shardings)
+    return params, "reference", 0
+  if which and os.path.isdir(which):
+    params, _ = checkpoint_lib.restore_params(which, shardings=shardings)
+    return params, os.path.basename(os.path.normpath(which)), None
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = int(which) if which else checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no train checkpoint in {workdir}/checkpoints; pass --checkpoint")
+  policy_opt, value_opt = ppo.make_optimizers(c.optim, total_steps=c.train.num_updates)
+  rng = jax.random.key(0)
+  params0 = sharding.init_params(run.policy_model, run.mesh, rng)
+  template = ppo.init_train_state(
+      params0, model_lib.value_params_from_policy(params0, rng, run.llama_config),
+      policy_opt, value_opt, rng)
+  state, _ = checkpointer.restore(step, checkpoint_lib.abstract_like(template))
+  return state.policy_params, f"step_{step}", step
+
+
 def evaluate_main(argv: Sequence[str]) -> None:
-  """`python -m rlef_jax.evaluate`: evaluate a checkpoint of a workdir on a split."""
+  """`python -m rlef_jax.evaluate`: evaluate a checkpoint of a workdir on a split, for each feedback
+  variant and turn budget asked for (`--feedback`, `--max_turns`: a sweep over one checkpoint)."""
   c, workdir = _command_args(argv)
+  feedbacks = _FEEDBACK.value or [c.eval.feedback]
+  bad = [f for f in feedbacks if f not in env_config_lib.FEEDBACK_VARIANTS]
+  if bad:
+    raise app.UsageError(f"--feedback: unknown variants {bad}; choose from "
+                         f"{list(env_config_lib.FEEDBACK_VARIANTS)}")
+  try:
+    budgets = [int(t) for t in (_MAX_TURNS.value or [c.eval.max_turns])]
+  except ValueError:
+    raise app.UsageError(f"--max_turns must be positive integers, got {_MAX_TURNS.value}") from None
+  if any(t < 1 for t in budgets):
+    raise app.UsageError(f"--max_turns must be positive integers, got {budgets}")
   distributed.initialize(c)
   run = build(c, workdir)
   try:
-    shardings = sharding.param_shardings(run.policy_model, run.mesh)
-    which = _CHECKPOINT.value
-    if which == "warmstart" or which == "reference":
-      params, _ = checkpoint_lib.restore_params(os.path.join(workdir, REFERENCE_DIR), shardings=shardings)
-      name = "reference"
-    elif which and os.path.isdir(which):
-      params, _ = checkpoint_lib.restore_params(which, shardings=shardings)
-      name = os.path.basename(os.path.normpath(which))
-    else:
-      checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-      step = int(which) if which else checkpointer.latest_step()
-      if step is None:
-        raise FileNotFoundError(f"no train checkpoint in {workdir}/checkpoints; pass --checkpoint")
-      policy_opt, value_opt = ppo.make_optimizers(c.optim, total_steps=c.train.num_updates)
-      rng = jax.random.key(0)
-      params0 = sharding.init_params(run.policy_model, run.mesh, rng)
-      template = ppo.init_train_state(
-          params0, model_lib.value_params_from_policy(params0, rng, run.llama_config),
-          policy_opt, value_opt, rng)
-      state, _ = checkpointer.restore(step, checkpoint_lib.abstract_like(template))
-      params, name = state.policy_params, f"step_{step}"
+    params, name, step = _evaluated_params(run, _CHECKPOINT.value)
     split = _SPLIT.value or c.eval.split
     problems = eval_problems(c, split, run.pool)
-    run_evaluation(run, params, problems, f"evaluate_{name}_{split}",
-                   jax.random.key(c.train.seed + 7))
+    default = (c.eval.feedback, c.eval.max_turns)
+    for i, (feedback, turns) in enumerate((f, t) for f in feedbacks for t in budgets):
+      suffix = "" if (feedback, turns) == default else f"_{feedback}_t{turns}"
+      # Single-turn samples do not depend on the feedback or the budget: drawn once per command.
+      run_evaluation(run, params, problems, f"evaluate_{name}_{split}{suffix}",
+                     jax.random.key(c.train.seed + 7), single_turn=i == 0, checkpoint=name, step=step,
+                     split=split, max_turns=turns, feedback=feedback)
   finally:
     run.close()
 

@@ -96,7 +96,7 @@ def test_unknown_choices_are_marked():
   """Each [U] of the paper that the brief lists is a named field commented as our choice."""
   source = "\n".join(inspect.getsource(f) for f in _SCHEMA_SOURCES)
   for field in ("final_turn_invalid_penalty_stacks", "use_generated_tests_for_reward",
-                "code_extraction", "advantage_norm", "sequence_unit", "schedule_after_warmup",
+                "code_extraction", "advantage_norm", "prefill_format", "system_message", "schedule_after_warmup",
                 "value_lr", "grad_clip_norm", "max_new_tokens", "loss_aggregation"):
     line = next(l for l in source.splitlines() if f".{field} =" in l)
     assert "[U]" in line, line

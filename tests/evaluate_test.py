@@ -148,3 +148,73 @@ def test_warmstart_command_then_evaluate_the_warm_start(tmp_path_factory):
   assert summary["multi_turn_1at3"]["episodes"] == OVERRIDES["eval.max_problems"]
   proc = subprocess.run(warm, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and "exists already" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_one_command_sweeps_feedback_variants_and_turn_budgets(workdir_with_checkpoint):
+  """Evaluation settings are separate from training: one command evaluates a checkpoint with true,
+  random and no feedback at several turn budgets (paper §5.7, Fig. 4a); single-turn samples once."""
+  workdir, data_dir = workdir_with_checkpoint
+  flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "data.data_dir": data_dir}.items()]
+  cmd = [sys.executable, "-m", "rlef_jax.evaluate", "--config=configs/tiny.py", f"--workdir={workdir}",
+         "--split=test", "--feedback=true,random,none", "--max_turns=1,3", *flags]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  problems = OVERRIDES["eval.max_problems"]
+  for feedback in ("true", "random", "none"):
+    for turns in (1, 3):
+      suffix = "" if (feedback, turns) == ("true", 3) else f"_{feedback}_t{turns}"
+      summary = json.loads((workdir / "eval" / f"evaluate_step_3_test{suffix}.json").read_text())
+      assert (summary["feedback"], summary["max_turns"], summary["checkpoint"], summary["step"]) == (
+          feedback, turns, "step_3", 3)
+      assert (summary["split"], summary["dataset"], summary["temperature"]) == ("test", "synthetic", 0.2)
+      assert summary["multi_turn_1at3"]["episodes"] == problems
+      first = (feedback, turns) == ("true", 1)
+      assert ("single_turn_pass1" in summary) == first
+      episodes = [json.loads(l) for l in (workdir / "eval" / f"evaluate_step_3_test{suffix}.episodes.jsonl")
+                  .read_text().splitlines()]
+      assert max(e["turns"] for e in episodes if e["mode"] == "multi_turn") <= turns
+      if feedback == "none" and turns == 3:  # no early stop: always asked three times (paper §5.7)
+        assert all(e["turns"] == 3 for e in episodes if e["mode"] == "multi_turn")
+        assert all(t["feedback"] is None or t["feedback"].startswith("Give it another try")
+                   for e in episodes for t in e["turn_log"])
+  bad = subprocess.run(cmd[:-len(flags)] + ["--feedback=sometimes"] + flags, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert bad.returncode != 0 and "unknown variants ['sometimes']" in bad.stderr
+
+
+def test_evaluated_checkpoints_are_kept_and_the_best_is_recorded_and_evaluated(tmp_path_factory):
+  """Checkpoint selection on valid (paper App. A.1): every evaluated step keeps its checkpoint whatever
+  keep_checkpoints says, best.json names the best by eval.select_metric, evaluate --checkpoint=best."""
+  from rlef_jax import train as train_lib
+  data_dir = tmp_path_factory.getbasetemp() / "tfds"
+  workdir = tmp_path_factory.mktemp("best")
+  config = tiny_config(data_dir, **{"train.num_updates": 3, "train.eval_every": 1,
+                                    "train.checkpoint_every": 100, "train.keep_checkpoints": 1,
+                                    "eval.max_problems": 3})
+  train_lib.train(config, str(workdir))
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [1, 2, 3]  # keep_checkpoints=1 keeps only the newest besides the evaluated ones
+  summaries = {s["checkpoint"]: s for s in (json.loads(p.read_text()) for p in (workdir / "eval").glob("step_*.json"))}
+  assert set(summaries) == {"reference", "step_1", "step_2", "step_3"}
+  values = {k: s["multi_turn_1at3"]["mean"] for k, s in summaries.items()}
+  order = ["reference", "step_1", "step_2", "step_3"]
+  want = max(order, key=lambda k: (values[k], -order.index(k)))  # ties: the earliest
+  best = json.loads((workdir / "best.json").read_text())
+  assert (best["checkpoint"], best["metric"], best["value"]) == (want, "multi_turn_1at3", values[want])
+  flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "data.data_dir": data_dir}.items()]
+  proc = subprocess.run([sys.executable, "-m", "rlef_jax.evaluate", "--config=configs/tiny.py",
+                         f"--workdir={workdir}", "--checkpoint=best", "--split=test", *flags],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  name = "reference" if want == "reference" else want
+  assert f"best checkpoint by multi_turn_1at3 on valid: {want}" in proc.stdout
+  assert (workdir / "eval" / f"evaluate_{name}_test.json").exists()
+
+
+def test_eval_every_zero_means_no_evaluation_during_training(tmp_path_factory):
+  from rlef_jax import config as config_lib
+  data_dir = tmp_path_factory.getbasetemp() / "tfds"
+  config_lib.validate(tiny_config(data_dir, **{"train.eval_every": 0}))
+  with pytest.raises(ValueError, match="eval_every .* multiple of"):
+    config_lib.validate(tiny_config(data_dir, **{"train.eval_every": 3, "rl.updates_per_round": 2,
+                                                 "train.num_updates": 4, "rl.minibatch_size": 4}))
