@@ -38,7 +38,7 @@ def get_config():
 
   c.sampling.temperature = 1.0  # paper App. A.1
   c.sampling.top_p = 1.0  # paper App. A.1
-  c.sampling.max_new_tokens = 512  # [U] our choice: SmolLM2's answers to MBPP/HumanEval fit in ~300 tokens
+  c.sampling.max_new_tokens = 384  # [U] our choice: SmolLM2's working answers fit in ~300 tokens; longer ones are degenerate repeats (BUILD_NOTES.md)
   c.sampling.max_context_length = 2048  # [U] our choice: prompt + 3 answers + 2 feedback messages
 
   c.rl.kl_coef = 0.05  # paper App. A.1

@@ -14,6 +14,7 @@ from rlef_jax.execution.feedback import Truncation
 
 FEEDBACK_VARIANTS = ("true", "random", "none", "rich")
 INVALID_CODE_FEEDBACK = ("per_test", "reminder")
+PREFILL_FORMATS = ("raw", "fenced")
 
 
 def default_env_config() -> ml_collections.ConfigDict:
@@ -28,6 +29,7 @@ def default_env_config() -> ml_collections.ConfigDict:
     c.final_turn_invalid_penalty_stacks = False  # [U] a final turn without valid code gets failure + penalty (True) or failure only
     c.use_generated_tests_for_reward = True  # [U] score the final solution on CodeContests generated tests too (eval uses them, App. B.3)
     c.score_public_tests = True  # [C] §2.2 "whether all public and private tests are passing": public tests are part of the score
+    c.prefill_format = "raw"  # [U] HumanEval+'s assistant prefill (App. C.4: the starter code starts every response): 'raw' = the starter code as is, 'fenced' = "```python\n" + starter code, so a chat model continues inside a code block
     c.code_extraction = "last_block"  # [U] 'last_block' | 'first_block' fenced python block; valid = compiles (rlef_jax/extract.py)
     c.invalid_code_feedback = "per_test"  # [U] feedback after a response without valid code: 'per_test' = what the executor reports on each public test (compile error, or "No Python code was found in the response."), 'reminder' = only "Give it another try." + instructions
     c.max_feedback_chars = 2000  # [U] characters kept of each input / expected / observed output in feedback (0: no cut, as the paper shows)
@@ -56,6 +58,7 @@ class EnvConfig:
     score_public_tests: bool
     code_extraction: str
     invalid_code_feedback: str
+    prefill_format: str
     max_feedback_chars: int | None
     max_feedback_error_chars: int | None
     max_failures_shown: int
@@ -99,6 +102,8 @@ class EnvConfig:
             fail("feedback", f"one of {FEEDBACK_VARIANTS}")
         if self.code_extraction not in ("last_block", "first_block"):
             fail("code_extraction", "'last_block' or 'first_block'")
+        if self.prefill_format not in PREFILL_FORMATS:
+            fail("prefill_format", f"one of {PREFILL_FORMATS}")
         if self.invalid_code_feedback not in INVALID_CODE_FEEDBACK:
             fail("invalid_code_feedback", f"one of {INVALID_CODE_FEEDBACK}")
         for field in ("invalid_code_penalty", "success_reward", "failure_reward"):

@@ -39,6 +39,9 @@ and corrections, fences inside list items.
   only prose blocks, which do not compile). When that finds nothing either, the prefill program is
   returned all the same, so that a broken continuation gets the compiler's message as feedback rather
   than "no code".
+* A prefill that itself opens a fenced block (`env.prefill_format = "fenced"`: "```python\n" + the
+  starter code) is continued inside that block: prefill + response is one text for the block rule above
+  (the model closes the block; a response cut before closing it has no program).
 * Chat-template markers written out as text (`<|eot_id|>`, `<|im_end|>`, `<|start_header_id|>`,
   `<|im_start|>`, ...; the decoder drops them as special tokens) end the response: what follows is an
   imagined next turn, not this answer.
@@ -211,6 +214,11 @@ def extract_code(response: str, *, rule: str = "last_block", prefill: str | None
     if rule not in EXTRACTION_RULES:
         raise ValueError(f"Unknown code_extraction rule {rule!r}; expected one of {EXTRACTION_RULES}.")
     response = end_of_turn(response)
+    if prefill is not None and _opening_fence(_lines(prefill)[0]) is not None:
+        # A prefill that opens a fenced block ("```python\n" + starter code): the response continues
+        # inside it, so prefill and response are one text for the block rule.
+        candidates = candidate_blocks(prefill + response)
+        return (candidates[-1] if rule == "last_block" else candidates[0]) if candidates else None
     if prefill is None:
         program, texts = None, (response,)
     else:

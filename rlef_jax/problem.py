@@ -84,6 +84,8 @@ class Problem:
                 f"{source} record {task['task_id']!r} needs expected_outputs={{'base': [...], 'plus': [...]}} "
                 "(compute them with rlef_jax.execution.evalplus.compute_expected).")
         messages, prefill = prompts.initial_messages(source, record)
+        if prefill is not None and config.prefill_format == "fenced":
+            prefill = "```python\n" + prefill
         return cls(
             name=task["task_id"], source=source, messages=tuple(messages), prefill=prefill,
             public_cases=tuple(evalplus.evalplus_cases(task, "base", expected_outputs["base"])),

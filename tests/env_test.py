@@ -196,6 +196,21 @@ def test_random_feedback_falls_back_to_not_implemented_error(tok, pool, records)
     assert "NotImplementedError" in text and "Expected output" not in text
 
 
+def test_random_feedback_in_a_pool_without_incorrect_solutions(pool, records):
+    """EvalPlus-like pools ship no incorrect solutions: another problem's public tests, the fallback's
+    traceback. A pool where some problem has them keeps drawing only those (App. C.2)."""
+    bare = [env.Problem.from_record("synthetic", dict(r, incorrect_solutions=[])) for r in records[:4]]
+    rf = env.random_feedback_job(bare[0], bare, np.random.default_rng(2))
+    assert rf.problem.name != bare[0].name and [j.program for j in rf.jobs] == ["raise NotImplementedError()"]
+    text = env.random_feedback_text(rf, [pool.submit(j).result() for j in rf.jobs])
+    assert "NotImplementedError" in text
+    mixed = bare[:3] + [env.Problem.from_record("synthetic", records[4])]
+    for seed in range(5):
+        assert env.random_feedback_job(mixed[0], mixed, np.random.default_rng(seed)).problem.name == mixed[3].name
+    with pytest.raises(ValueError, match="has incorrect solutions"):
+        env.random_feedback_job(mixed[3], mixed, np.random.default_rng(0))
+
+
 def test_out_of_order_calls_and_bad_inputs(tok, problems):
     state = env.start(problems[0], tok)
     with pytest.raises(ValueError, match="awaits 'response'"):
