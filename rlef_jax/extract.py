@@ -41,7 +41,9 @@ and corrections, fences inside list items.
   than "no code".
 * A prefill that itself opens a fenced block (`env.prefill_format = "fenced"`: "```python\n" + the
   starter code) is continued inside that block: prefill + response is one text for the block rule above
-  (the model closes the block; a response cut before closing it has no program).
+  (the model closes the block; a response cut before closing it has no program). A response that closes
+  the block without adding non-blank text to it wrote no program there, as with a raw prefill: the
+  block rule then applies to the text after that fence line.
 * Chat-template markers written out as text (`<|eot_id|>`, `<|im_end|>`, `<|start_header_id|>`,
   `<|im_start|>`, ...; the decoder drops them as special tokens) end the response: what follows is an
   imagined next turn, not this answer.
@@ -216,8 +218,10 @@ def extract_code(response: str, *, rule: str = "last_block", prefill: str | None
     response = end_of_turn(response)
     if prefill is not None and _opening_fence(_lines(prefill)[0]) is not None:
         # A prefill that opens a fenced block ("```python\n" + starter code): the response continues
-        # inside it, so prefill and response are one text for the block rule.
-        candidates = candidate_blocks(prefill + response)
+        # inside it, so prefill and response are one text for the block rule; unless the response
+        # closes that block without adding to it (no program of its own), as with a raw prefill.
+        added, rest = _prefill_split(prefill, response)
+        candidates = candidate_blocks(prefill + response if added is not None else rest)
         return (candidates[-1] if rule == "last_block" else candidates[0]) if candidates else None
     if prefill is None:
         program, texts = None, (response,)

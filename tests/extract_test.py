@@ -4,6 +4,8 @@
 must extract (None: no program). `REAL_SMOLLM2_RESPONSES` is for verbatim responses of a real small
 Instruct model, in the same row format.
 """
+import json
+import pathlib
 import random
 
 import pytest
@@ -26,6 +28,10 @@ PLUS1 = "n = int(input())\nprint(n + 1)\n"
 
 def prefill(text=STARTER):
     return {"prefill": text}
+
+
+def fenced(text=STARTER):
+    return {"prefill": "```python\n" + text}
 
 
 # (id, response, extract_code keyword arguments (rule or prefill), expected program)
@@ -165,6 +171,14 @@ RESPONSES = [
      "    return any(\n```\nSorry, here is the corrected version:\n```python\n" + FULL + "```", prefill(), FULL),
     ("prefill_broken_continuation_only", "    return any(\n```\n", prefill(), STARTER + "    return any(\n"),
     ("prefill_nothing_added", "```\n", prefill(), None),
+    # --- prefill inside a python fence (env.prefill_format = "fenced")
+    ("fenced_prefill_continued_and_closed", BODY + "```\n\nThis tracks the balance.", fenced(), STARTER + BODY),
+    ("fenced_prefill_closed_at_once", "```\n\nThis function checks the balance.", fenced(), None),
+    ("fenced_prefill_closed_at_once_then_solution",
+     "```\nHere is the full solution:\n```python\n" + FULL + "```", fenced(), FULL),
+    ("fenced_prefill_cut_before_closing", BODY + "    # and", fenced(), None),
+    ("fenced_prefill_continued_then_usage_example",
+     BODY + "```\n\nExample:\n```\nTrue\n```", fenced(), STARTER + BODY),
     # --- chat-template text at the end of a response
     ("llama_eot_after_block", "```python\n" + PLUS1 + "```<|eot_id|>", LAST, PLUS1),
     ("llama_imagined_next_turn",
@@ -182,9 +196,13 @@ RESPONSES = [
      "print(double(4))\n"),
 ]
 
-# Verbatim responses of SmolLM2-135M-Instruct, with the program each must give; same row format as
-# RESPONSES (id, response, keyword arguments, expected program). Filled in separately.
+# Verbatim responses of SmolLM2-135M-Instruct (greedy, HumanEval+ starter code as a raw or fenced
+# prefill; captured from `python -m rlef_jax.evaluate --config=configs/smollm2.py`), each with the program
+# read off by hand: prefill + the response up to its first fence line, or none. Same row format as
+# RESPONSES.
 REAL_SMOLLM2_RESPONSES = [
+    (r["id"], r["response"], {"prefill": r["prefill"]}, r["expected"])
+    for r in json.loads((pathlib.Path(__file__).parent / "fixtures" / "smollm2_responses.json").read_text())
 ]
 
 

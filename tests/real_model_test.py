@@ -9,6 +9,7 @@ import pathlib
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from rlef_jax import checkpoint as checkpoint_lib
@@ -60,9 +61,15 @@ def test_rlef_with_smollm2_on_mbpp_evaluated_on_humaneval_plus(smollm2_checkpoin
   ref, _ = checkpoint_lib.restore_params(workdir / "reference_params")
   state_dir = workdir / "checkpoints"
   assert sorted(p.name for p in state_dir.iterdir() if p.name.isdigit()) == ["2"]
-  loaded, meta = checkpoint_lib.restore_params(smollm2_checkpoint / "params")
+  loaded, _ = checkpoint_lib.restore_params(smollm2_checkpoint / "params")
   for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(loaded)):
     np.testing.assert_array_equal(a, b)
+  state = ocp.PyTreeCheckpointer().restore(state_dir / "2" / "state")
+  policy = state["policy_params"]
+  assert jax.tree.structure(policy) == jax.tree.structure(ref)
+  moved = [not np.array_equal(np.asarray(a), np.asarray(b))
+           for a, b in zip(jax.tree.leaves(policy), jax.tree.leaves(ref))]
+  assert sum(moved) > len(moved) // 2, f"{sum(moved)} of {len(moved)} parameter arrays changed"
 
   # HumanEval+ transfer evaluation before and after, with per-turn records of real responses.
   for name in ("before", "after"):
