@@ -7,6 +7,7 @@ hyperparameters are plausible starting values, to be tuned.
 """
 
 from rlef_jax import config as rlef_config
+from rlef_jax import synthetic_tokenizer
 
 
 def get_config():
@@ -19,7 +20,7 @@ def get_config():
   c.model.remat = False  # activations are small
   c.model.scan_layers = False  # 2 layers compile quickly unrolled
   c.model.init_checkpoint = ""  # random init, then the supervised warm start
-  c.tokenizer.path = "rlef_jax/assets/synthetic_tokenizer"
+  c.tokenizer.path = str(synthetic_tokenizer.DEFAULT_DIR)  # shipped in the package: any working directory
 
   c.mesh.data = -1  # every CPU device does data parallelism
   c.mesh.fsdp = 1

@@ -26,6 +26,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rlef_jax import errors
+
 _BYTES_TAG = "__rlef_bytes_b64__"
 
 
@@ -108,11 +110,7 @@ def restore_params(directory: str | os.PathLike, *, shardings: Any = None) -> tu
   Returns:
     `(params, metadata)`: arrays with the saved dtypes on the requested shardings, and the JSON dict.
   """
-  directory = os.path.abspath(os.fspath(directory))
-  if not os.path.isdir(os.path.join(directory, "params")):
-    raise FileNotFoundError(f"restore_params: {directory} is not a params directory (no "
-                            "'params' item); write one with rlef_jax.checkpoint.save_params or "
-                            "`python -m rlef_jax.convert`")
+  directory = _params_directory(directory)
   with _params_checkpointer() as ckptr:
     tree_metadata = ckptr.metadata(directory).item_metadata["params"].tree
     abstract = _abstract_from_metadata(tree_metadata, shardings)
@@ -120,6 +118,22 @@ def restore_params(directory: str | os.PathLike, *, shardings: Any = None) -> tu
         params=ocp.args.StandardRestore(abstract),
         metadata=ocp.args.JsonRestore()))
   return restored["params"], _decode_json(restored["metadata"])
+
+
+def params_metadata(directory: str | os.PathLike) -> Any:
+  """The saved params' tree of array metadata (`.shape`, `.dtype`), read without the arrays."""
+  directory = _params_directory(directory)
+  with _params_checkpointer() as ckptr:
+    return ckptr.metadata(directory).item_metadata["params"].tree
+
+
+def _params_directory(directory: str | os.PathLike) -> str:
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.isdir(os.path.join(directory, "params")):
+    raise errors.MissingPathError(
+        f"{directory} is not a params directory (no 'params' item); write one with "
+        "rlef_jax.checkpoint.save_params or `python -m rlef_jax.convert`")
+  return directory
 
 
 def abstract_like(tree: Any) -> Any:
@@ -180,10 +194,10 @@ class Checkpointer:
     if step is None:
       step = self.latest_step()
       if step is None:
-        raise FileNotFoundError(f"Checkpointer.restore: no checkpoint in {self.directory}")
+        raise errors.MissingPathError(f"Checkpointer.restore: no checkpoint in {self.directory}")
     if step not in self._manager.all_steps():
-      raise FileNotFoundError(f"Checkpointer.restore: no checkpoint for step {step} in "
-                              f"{self.directory}; available steps: {self.all_steps()}")
+      raise errors.MissingPathError(f"Checkpointer.restore: no checkpoint for step {step} in "
+                                    f"{self.directory}; available steps: {self.all_steps()}")
     restored = self._manager.restore(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))
     return restored["state"], _decode_json(restored["extra"])

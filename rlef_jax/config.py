@@ -7,7 +7,7 @@ something the paper leaves unspecified ([U]; docs/method.md "Open points").
 
 `llama_config(config.model)` builds the model's `LlamaConfig`; its `num_params()` counts parameters
 from abstract shapes. `validate(config)` checks a whole config against this schema (unknown fields, types, ranges,
-choices, cross-field consistency) and raises one `ValueError` naming the offending field.
+choices, cross-field consistency) and raises one `rlef_jax.errors.ConfigError` (a `ValueError`) naming the offending field.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Callable
 import ml_collections
 from ml_collections import config_dict
 
-from rlef_jax import distributed, env_config, model, sharding
+from rlef_jax import distributed, env_config, errors, model, sharding
 
 _ph = config_dict.placeholder
 
@@ -286,24 +286,24 @@ def _check_schema(config, schema, prefix: str) -> None:
   keys, known = set(config.keys()), set(schema.keys())
   unknown, missing = sorted(keys - known), sorted(known - keys)
   if unknown:
-    raise ValueError(f"{prefix}.{unknown[0]} is not a known field; the fields of {prefix} are "
-                     f"{sorted(known)} (see rlef_jax/config.py base_config)")
+    raise errors.ConfigError(f"{prefix}.{unknown[0]} is not a known field; the fields of {prefix} are "
+                             f"{sorted(known)} (see rlef_jax/config.py base_config)")
   if missing:
-    raise ValueError(f"{prefix}.{missing[0]} is missing; start configs from "
-                     "rlef_jax.config.base_config()")
+    raise errors.ConfigError(f"{prefix}.{missing[0]} is missing; start configs from "
+                             "rlef_jax.config.base_config()")
   for key in sorted(known):
     value, name = config[key], f"{prefix}.{key}"
     expected = schema.get_type(key)
     if isinstance(schema[key], ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):
-        raise ValueError(f"{name} must be a group of fields (ConfigDict), got {value!r}")
+        raise errors.ConfigError(f"{name} must be a group of fields (ConfigDict), got {value!r}")
       _check_schema(value, schema[key], name)
     elif value is None:
       if schema[key] is not None:
-        raise ValueError(f"{name} must be set (a {expected.__name__}), got None")
+        raise errors.ConfigError(f"{name} must be set (a {expected.__name__}), got None")
     elif not _type_ok(value, expected):
-      raise ValueError(f"{name} must be of type {expected.__name__}, got {value!r} "
-                       f"({type(value).__name__})")
+      raise errors.ConfigError(f"{name} must be of type {expected.__name__}, got {value!r} "
+                               f"({type(value).__name__})")
 
 
 def resolve_model(model_cfg) -> dict[str, Any]:
@@ -318,9 +318,9 @@ def resolve_model(model_cfg) -> dict[str, Any]:
     arch.setdefault("head_dim", None)
     missing = [k for k in _ARCH_FIELDS if k not in arch]
     if missing:
-      raise ValueError(f"config.model.preset='custom' needs every architecture field; set "
-                       f"config.model.{missing[0]} (missing: {missing}), or pick a preset from "
-                       f"{sorted(MODEL_PRESETS)}")
+      raise errors.ConfigError(f"config.model.preset='custom' needs every architecture field; set "
+                               f"config.model.{missing[0]} (missing: {missing}), or pick a preset from "
+                               f"{sorted(MODEL_PRESETS)}")
   if arch["head_dim"] is None:
     arch["head_dim"] = arch["hidden_size"] // arch["num_heads"]
   return arch
@@ -329,24 +329,24 @@ def resolve_model(model_cfg) -> dict[str, Any]:
 def _check_model(model_cfg) -> dict[str, Any]:
   arch = resolve_model(model_cfg)
   if arch["num_heads"] % arch["num_kv_heads"]:
-    raise ValueError(f"config.model.num_heads ({arch['num_heads']}) must be a multiple of "
-                     f"config.model.num_kv_heads ({arch['num_kv_heads']})")
+    raise errors.ConfigError(f"config.model.num_heads ({arch['num_heads']}) must be a multiple of "
+                             f"config.model.num_kv_heads ({arch['num_kv_heads']})")
   scaling = arch["rope_scaling"]
   if scaling is not None:
     if set(scaling) != set(_ROPE_SCALING_FIELDS):
-      raise ValueError(f"config.model.rope_scaling must have exactly the fields "
-                       f"{list(_ROPE_SCALING_FIELDS)}, got {sorted(scaling)}")
+      raise errors.ConfigError(f"config.model.rope_scaling must have exactly the fields "
+                               f"{list(_ROPE_SCALING_FIELDS)}, got {sorted(scaling)}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
                for v in scaling.values()):
-      raise ValueError(f"config.model.rope_scaling values must be positive numbers, got {scaling}")
+      raise errors.ConfigError(f"config.model.rope_scaling values must be positive numbers, got {scaling}")
     if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
-      raise ValueError("config.model.rope_scaling.high_freq_factor must exceed low_freq_factor, "
-                       f"got {scaling}")
+      raise errors.ConfigError("config.model.rope_scaling.high_freq_factor must exceed low_freq_factor, "
+                               f"got {scaling}")
   return arch
 
 
 def validate(config, num_devices: int | None = None) -> None:
-  """Raises one `ValueError` naming the first bad field of `config`.
+  """Raises one `ConfigError` (a `ValueError`) naming the first bad field of `config`.
 
   Args:
     config: a config built from `base_config()` (e.g. by a `configs/*.py` file + overrides).
@@ -358,59 +358,59 @@ def validate(config, num_devices: int | None = None) -> None:
     group, field = path.split(".")
     value = config[group][field]
     if value is not None and not ok(value):
-      raise ValueError(f"config.{path} must be {requirement}, got {value!r}")
+      raise errors.ConfigError(f"config.{path} must be {requirement}, got {value!r}")
 
   try:
     env_config.EnvConfig.from_config(config.env)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"config.env: {e}") from None
+    raise errors.ConfigError(f"config.env: {e}") from None
   arch = _check_model(config.model)
   if config.sampling.max_new_tokens >= config.sampling.max_context_length:
-    raise ValueError(f"config.sampling.max_new_tokens ({config.sampling.max_new_tokens}) must be "
-                     f"below config.sampling.max_context_length "
-                     f"({config.sampling.max_context_length})")
+    raise errors.ConfigError(f"config.sampling.max_new_tokens ({config.sampling.max_new_tokens}) must be "
+                             f"below config.sampling.max_context_length "
+                             f"({config.sampling.max_context_length})")
   if config.sampling.max_context_length > arch["max_position_embeddings"]:
-    raise ValueError(f"config.sampling.max_context_length ({config.sampling.max_context_length}) "
-                     f"exceeds the model's max_position_embeddings "
-                     f"({arch['max_position_embeddings']})")
+    raise errors.ConfigError(f"config.sampling.max_context_length ({config.sampling.max_context_length}) "
+                             f"exceeds the model's max_position_embeddings "
+                             f"({arch['max_position_embeddings']})")
   if config.env.success_reward <= config.env.failure_reward:
-    raise ValueError(f"config.env.success_reward ({config.env.success_reward}) must exceed "
-                     f"config.env.failure_reward ({config.env.failure_reward})")
+    raise errors.ConfigError(f"config.env.success_reward ({config.env.success_reward}) must exceed "
+                             f"config.env.failure_reward ({config.env.failure_reward})")
   rl = config.rl
   if rl.rollouts_per_round % rl.minibatch_size:
-    raise ValueError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
-                     f"of config.rl.minibatch_size ({rl.minibatch_size})")
+    raise errors.ConfigError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
+                             f"of config.rl.minibatch_size ({rl.minibatch_size})")
   if rl.minibatch_size % rl.num_microbatches:
-    raise ValueError(f"config.rl.minibatch_size ({rl.minibatch_size}) must be a multiple of "
-                     f"config.rl.num_microbatches ({rl.num_microbatches})")
+    raise errors.ConfigError(f"config.rl.minibatch_size ({rl.minibatch_size}) must be a multiple of "
+                             f"config.rl.num_microbatches ({rl.num_microbatches})")
   if rl.score_batch_size and rl.rollouts_per_round % rl.score_batch_size:
-    raise ValueError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
-                     f"of config.rl.score_batch_size ({rl.score_batch_size}), or set it to 0")
+    raise errors.ConfigError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
+                             f"of config.rl.score_batch_size ({rl.score_batch_size}), or set it to 0")
   if config.train.num_updates % rl.updates_per_round:
-    raise ValueError(f"config.train.num_updates ({config.train.num_updates}) must be a multiple of "
-                     f"config.rl.updates_per_round ({rl.updates_per_round}): a round makes all its "
-                     "updates, so the run would overshoot")
+    raise errors.ConfigError(f"config.train.num_updates ({config.train.num_updates}) must be a multiple of "
+                             f"config.rl.updates_per_round ({rl.updates_per_round}): a round makes all its "
+                             "updates, so the run would overshoot")
   if config.train.eval_every % rl.updates_per_round:
-    raise ValueError(f"config.train.eval_every ({config.train.eval_every}) must be a multiple of "
-                     f"config.rl.updates_per_round ({rl.updates_per_round}): evaluations run between rounds "
-                     "(0 turns them off during training)")
+    raise errors.ConfigError(f"config.train.eval_every ({config.train.eval_every}) must be a multiple of "
+                             f"config.rl.updates_per_round ({rl.updates_per_round}): evaluations run between rounds "
+                             "(0 turns them off during training)")
   if config.eval.select_metric != "multi_turn_1at3" and not config.eval.single_turn:
-    raise ValueError(f"config.eval.select_metric={config.eval.select_metric!r} needs single-turn samples "
-                     "(config.eval.single_turn=True)")
+    raise errors.ConfigError(f"config.eval.select_metric={config.eval.select_metric!r} needs single-turn samples "
+                             "(config.eval.single_turn=True)")
   if config.warmstart.enabled and config.warmstart.steps < 1:
-    raise ValueError("config.warmstart.steps must be >= 1 when config.warmstart.enabled is True")
+    raise errors.ConfigError("config.warmstart.steps must be >= 1 when config.warmstart.enabled is True")
   if config.warmstart.feedback_fraction > 0 and config.warmstart.dialogue_turns < 2:
-    raise ValueError("config.warmstart.feedback_fraction > 0 needs config.warmstart.dialogue_turns > 1 "
-                     "(single-turn warm-start examples have no feedback to follow)")
+    raise errors.ConfigError("config.warmstart.feedback_fraction > 0 needs config.warmstart.dialogue_turns > 1 "
+                             "(single-turn warm-start examples have no feedback to follow)")
   if config.warmstart.dialogue_turns > 1 and config.data.name != "synthetic":
-    raise ValueError("config.warmstart.dialogue_turns > 1 builds feedback-blind dialogues of the "
-                     "synthetic family only; use 1 with config.data.name="
-                     f"{config.data.name!r}")
+    raise errors.ConfigError("config.warmstart.dialogue_turns > 1 builds feedback-blind dialogues of the "
+                             "synthetic family only; use 1 with config.data.name="
+                             f"{config.data.name!r}")
 
   mesh = config.mesh
   if [mesh.data, mesh.fsdp, mesh.tensor].count(-1) > 1:
-    raise ValueError(f"config.mesh: at most one of data/fsdp/tensor may be -1, got data="
-                     f"{mesh.data} fsdp={mesh.fsdp} tensor={mesh.tensor}")
+    raise errors.ConfigError(f"config.mesh: at most one of data/fsdp/tensor may be -1, got data="
+                             f"{mesh.data} fsdp={mesh.fsdp} tensor={mesh.tensor}")
   if mesh.tensor != -1:
     _check_tensor_divides(arch, mesh.tensor)
   if num_devices is not None:
@@ -418,20 +418,20 @@ def validate(config, num_devices: int | None = None) -> None:
     _check_tensor_divides(arch, tensor)
     for name in ("minibatch_size", "rollouts_per_round", "score_batch_size"):
       if rl[name] % (data * fsdp):
-        raise ValueError(f"config.rl.{name} ({rl[name]}) must be a multiple of the data-parallel "
-                         f"size mesh.data * mesh.fsdp = {data * fsdp} on {num_devices} devices")
+        raise errors.ConfigError(f"config.rl.{name} ({rl[name]}) must be a multiple of the data-parallel "
+                                 f"size mesh.data * mesh.fsdp = {data * fsdp} on {num_devices} devices")
     if (rl.minibatch_size // rl.num_microbatches) % (data * fsdp):
-      raise ValueError(f"a microbatch (config.rl.minibatch_size / num_microbatches = "
-                       f"{rl.minibatch_size // rl.num_microbatches}) must be a multiple of the "
-                       f"data-parallel size mesh.data * mesh.fsdp = {data * fsdp} on {num_devices} "
-                       "devices")
+      raise errors.ConfigError(f"a microbatch (config.rl.minibatch_size / num_microbatches = "
+                               f"{rl.minibatch_size // rl.num_microbatches}) must be a multiple of the "
+                               f"data-parallel size mesh.data * mesh.fsdp = {data * fsdp} on {num_devices} "
+                               "devices")
 
 
 def _check_tensor_divides(arch: dict[str, Any], tensor: int) -> None:
   for key in ("num_heads", "num_kv_heads", "intermediate_size", "vocab_size"):
     if arch[key] % tensor:
-      raise ValueError(f"config.mesh.tensor ({tensor}) must divide config.model.{key} "
-                       f"({arch[key]}); pick a tensor-parallel size that divides it")
+      raise errors.ConfigError(f"config.mesh.tensor ({tensor}) must divide config.model.{key} "
+                               f"({arch[key]}); pick a tensor-parallel size that divides it")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from typing import Iterator, Sequence
 import jax
 import numpy as np
 
-from rlef_jax import checkpoint, gguf, hf
+from rlef_jax import checkpoint, cli, errors, gguf, hf
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "tokenizer.model", "generation_config.json", "chat_template.jinja")
@@ -164,9 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
       orbax_to_hf(args.src, args.dst, dtype=args.dtype,
                   max_shard_bytes=int(args.max_shard_gb * 10**9), tokenizer_from=args.tokenizer_from)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (errors.UserError, ValueError, FileNotFoundError, FileExistsError) as e:
+    print(f"error: {cli.one_line(e)}", file=sys.stderr)
+    return cli.EXIT_STATUS
   print(f"wrote {args.dst}")
   return 0
 

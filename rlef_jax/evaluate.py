@@ -172,6 +172,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from rlef_jax import cli  # pylint: disable=g-import-not-at-top
   from rlef_jax import train as _train  # noqa: F401  (defines the shared flags)
-  app.run(main)
+  cli.run(main, required=["config"])

@@ -34,6 +34,8 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from rlef_jax import errors
+
 BEGIN_OF_TEXT = "<|begin_of_text|>"
 END_OF_TEXT = "<|end_of_text|>"
 START_HEADER = "<|start_header_id|>"
@@ -184,7 +186,7 @@ class ChatTokenizer:
         self.name = name or getattr(hf_tokenizer, "name_or_path", "") or "tokenizer"
         self.template_kwargs = dict(template_kwargs or {})
         if not getattr(hf_tokenizer, "chat_template", None):
-            raise ValueError(
+            raise errors.InputError(
                 f"Tokenizer {self.name!r} has no chat_template: use the Instruct model's own tokenizer "
                 "directory (its tokenizer_config.json or chat_template.jinja carries the template).")
         vocab = hf_tokenizer.get_vocab()
@@ -202,8 +204,8 @@ class ChatTokenizer:
             {self.end_of_turn_id, *([eos_id] if eos_id is not None else []), *map(int, extra_stop_ids)})
         bad = sorted(i for i in self.stop_ids if not 0 <= i < len(hf_tokenizer))
         if bad:
-            raise ValueError(f"Tokenizer {self.name!r}: stop ids {bad} are outside its vocabulary "
-                             f"[0, {len(hf_tokenizer)}); check generation_config.json's eos_token_id.")
+            raise errors.InputError(f"Tokenizer {self.name!r}: stop ids {bad} are outside its vocabulary "
+                                    f"[0, {len(hf_tokenizer)}); check generation_config.json's eos_token_id.")
         if FINETUNE_PAD in vocab:
             self.pad_id: int = vocab[FINETUNE_PAD]
         elif hf_tokenizer.pad_token_id is not None:
@@ -217,7 +219,7 @@ class ChatTokenizer:
         when present, its `generation_config.json` stop ids."""
         path = pathlib.Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(
+            raise errors.MissingPathError(
                 f"Tokenizer directory {path} does not exist: point config.tokenizer.path at the Instruct "
                 "model's tokenizer directory (python -m rlef_jax.convert writes one next to converted "
                 "weights; a Llama 3 tokenizer.model converts with rlef_jax.tokenizer.convert_llama3_tiktoken).")
@@ -226,8 +228,8 @@ class ChatTokenizer:
         try:
             hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as e:
-            raise ValueError(f"Tokenizer directory {path} could not be loaded by transformers: "
-                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise errors.InputError(f"Tokenizer directory {path} could not be loaded by transformers: "
+                                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         return cls(hf, template_kwargs=template_kwargs, extra_stop_ids=generation_stop_ids(path),
                    name=str(path))
 
@@ -299,13 +301,13 @@ class ChatTokenizer:
         text = self.render([{"role": "user", "content": "u"}, {"role": "assistant", "content": self._PROBE}],
                            add_generation_prompt=False)
         if text.count(self._PROBE) != 1:
-            raise ValueError(f"The chat template of {self.name!r} does not render assistant messages "
-                             "verbatim; it cannot be used for token-in/token-out dialogues.")
+            raise errors.InputError(f"The chat template of {self.name!r} does not render assistant messages "
+                                    "verbatim; it cannot be used for token-in/token-out dialogues.")
         rest = text.split(self._PROBE, 1)[1]
         for special in self._special_texts:
             if rest.startswith(special):
                 return special, rest[len(special):]
-        raise ValueError(
+        raise errors.InputError(
             f"The chat template of {self.name!r} does not end an assistant turn with a special token "
             f"(after the content it renders {rest[:40]!r}); the sampler needs one to stop on.")
 
@@ -318,10 +320,10 @@ def generation_stop_ids(directory) -> list[int]:
     try:
         value = json.loads(path.read_text()).get("eos_token_id")
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it.") from None
+        raise errors.InputError(f"{path} is not valid JSON ({e}); fix or remove it.") from None
     if value is None:
         return []
     values = value if isinstance(value, list) else [value]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"{path}: eos_token_id must be an int or a list of ints, got {value!r}.")
+        raise errors.InputError(f"{path}: eos_token_id must be an int or a list of ints, got {value!r}.")
     return values

@@ -30,10 +30,12 @@ from ml_collections import config_flags
 import numpy as np
 
 from rlef_jax import checkpoint as checkpoint_lib
+from rlef_jax import cli
 from rlef_jax import config as config_lib
 from rlef_jax import distributed
 from rlef_jax import env as env_lib
 from rlef_jax import env_config as env_config_lib
+from rlef_jax import errors
 from rlef_jax import evaluate as evaluate_lib
 from rlef_jax import metrics as metrics_lib
 from rlef_jax import model as model_lib
@@ -81,36 +83,87 @@ class Run:
 
 
 def build(config: Any, workdir: str) -> Run:
+  """Validates `config` against the devices, checks its input paths (tokenizer, initial checkpoint:
+  their shapes against `config.model`) and builds the run; writes nothing."""
   from rlef_jax.execution import ExecutionPool  # pylint: disable=g-import-not-at-top
 
   config_lib.validate(config, num_devices=jax.device_count())
   mesh = sharding.make_mesh(config.mesh)
-  tokenizer = load_tokenizer(config)
   llama_config = config_lib.llama_config(config.model)
+  policy_model = model_lib.Llama(llama_config)
+  check_init_checkpoint(config.model.init_checkpoint, policy_model)
+  tokenizer = load_tokenizer(config)
   if tokenizer.vocab_size != llama_config.vocab_size:
     # A larger model vocabulary would let the sampler emit ids the tokenizer cannot decode.
-    raise ValueError(f"the tokenizer {config.tokenizer.path!r} has {tokenizer.vocab_size} tokens but "
-                     f"config.model.vocab_size is {llama_config.vocab_size}; set them equal")
+    raise errors.ConfigError(
+        f"the tokenizer config.tokenizer.path={config.tokenizer.path!r} has {tokenizer.vocab_size} "
+        f"tokens but config.model.vocab_size is {llama_config.vocab_size}; set them equal")
   workers = config.execution.workers or os.cpu_count() or 1
   pool = ExecutionPool(workers=workers, sandbox=config.execution.sandbox,
                        allow_weak=config.execution.allow_weak_isolation)
-  return Run(config, workdir, mesh, llama_config, model_lib.Llama(llama_config),
+  return Run(config, workdir, mesh, llama_config, policy_model,
              model_lib.LlamaValue(llama_config), tokenizer, pool)
+
+
+def _cwd_note(path: str) -> str:
+  return "" if os.path.isabs(path) else f" (relative paths are taken from the current directory {os.getcwd()})"
 
 
 def load_tokenizer(config: Any) -> Any:
   """The `ChatTokenizer` of `config.tokenizer` (its directory's chat template and stop ids)."""
   from rlef_jax.tokenizer import ChatTokenizer  # pylint: disable=g-import-not-at-top
+  path = config.tokenizer.path
+  if not path:
+    raise errors.ConfigError("config.tokenizer.path is empty; point it at the Instruct model's tokenizer "
+                             "directory")
+  if not os.path.isdir(path):
+    raise errors.MissingPathError(f"config.tokenizer.path={path!r}: no such directory{_cwd_note(path)}")
   kwargs = {"date_string": config.tokenizer.date_string} if config.tokenizer.date_string else None
-  return ChatTokenizer.load(_resolve_path(config.tokenizer.path), template_kwargs=kwargs)
+  try:
+    return ChatTokenizer.load(path, template_kwargs=kwargs)
+  except errors.UserError as e:
+    raise type(e)(f"config.tokenizer.path={path!r}: {e}") from None
 
 
-def _resolve_path(path: str) -> str:
-  """A relative path is taken from the current directory, else from the repository root."""
-  if not path or os.path.exists(path):
-    return path
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return os.path.join(root, path)
+def check_init_checkpoint(path: str, policy_model: Any) -> None:
+  """`config.model.init_checkpoint` (if set) exists and holds params of `policy_model`'s shapes."""
+  if not path:
+    return
+  where = f"config.model.init_checkpoint={path!r}"
+  if not os.path.isdir(path):
+    raise errors.MissingPathError(f"{where}: no such directory{_cwd_note(path)}")
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  expected = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+              jax.tree_util.tree_leaves_with_path(nn.unbox(sharding.abstract_params(policy_model)))}
+  if os.path.exists(os.path.join(path, "config.json")):
+    from rlef_jax import hf  # pylint: disable=g-import-not-at-top
+    c = policy_model.config
+    try:
+      found = hf.config_from_hf(hf.read_config(path))
+    except ValueError as e:
+      raise errors.InputError(f"{where}: {e}") from None
+    fields = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+              "num_kv_heads", "tie_word_embeddings")
+    for field in fields:
+      if getattr(found, field) != getattr(c, field):
+        raise errors.ConfigError(
+            f"{where} has {field}={getattr(found, field)} (its config.json) but config.model implies "
+            f"{getattr(c, field)}; make config.model match the checkpoint")
+    return
+  found = {jax.tree_util.keystr(k): tuple(v.shape)
+           for k, v in jax.tree_util.tree_leaves_with_path(checkpoint_lib.params_metadata(path))}
+  for key, shape in expected.items():
+    if key not in found:
+      raise errors.ConfigError(
+          f"{where} has no parameter {key} (config.model.scan_layers or the architecture differs "
+          f"from the checkpoint's; it has e.g. {sorted(found)[:3]})")
+    if found[key] != shape:
+      raise errors.ConfigError(
+          f"{where}: parameter {key} has shape {found[key]} but config.model implies {shape}; "
+          "make config.model (vocab_size, sizes, preset) match the checkpoint")
+  extra = sorted(set(found) - set(expected))
+  if extra:
+    raise errors.ConfigError(f"{where} has parameters config.model does not, e.g. {extra[:3]}")
 
 
 def data_source(config: Any, split: str, name: str = ""):
@@ -130,8 +183,8 @@ def data_source(config: Any, split: str, name: str = ""):
     download_config = tfds.download.DownloadConfig(manual_dir=config.data.source_dir)
   builder.download_and_prepare(download_config=download_config)
   if split.split("[", 1)[0] not in builder.info.splits:
-    raise ValueError(f"dataset {name!r} has no split {split!r}; it has "
-                     f"{sorted(builder.info.splits)} (config.data.train_split / config.eval.split)")
+    raise errors.ConfigError(f"dataset {name!r} has no split {split!r}; it has "
+                             f"{sorted(builder.info.splits)} (config.data.train_split / config.eval.split)")
   return builder.as_data_source(split=split)
 
 
@@ -254,9 +307,9 @@ def reference_params(run: Run, rng: jax.Array) -> Any:
   params = initial_policy_params(run, rng)
   c = run.config
   if c.warmstart.enabled and distributed.is_multiprocess():
-    raise ValueError("the supervised warm start (config.warmstart.enabled, a tiny-model phase) runs in "
-                     "one process: run it once with a single process on this workdir (it writes "
-                     f"{ref_dir}), or start from weights (config.model.init_checkpoint)")
+    raise errors.ConfigError("the supervised warm start (config.warmstart.enabled, a tiny-model phase) runs in "
+                             "one process: run it once with a single process on this workdir (it writes "
+                             f"{ref_dir}), or start from weights (config.model.init_checkpoint)")
   if c.warmstart.enabled:
     problems = _problem_stream(run, seed=c.data.seed + 1)
     form = ("statement -> solution, single turn" if c.warmstart.dialogue_turns == 1 else
@@ -299,9 +352,9 @@ def _this_process_iterator_state(saved: Any) -> Any:
   if not isinstance(saved, list):
     saved = [saved]
   if len(saved) != jax.process_count():
-    raise ValueError(f"the checkpoint was written by {len(saved)} process(es) and this run has "
-                     f"{jax.process_count()}: the data order cannot be resumed with another process "
-                     "count; resume with the same layout")
+    raise errors.ConfigError(f"the checkpoint was written by {len(saved)} process(es) and this run has "
+                             f"{jax.process_count()}: the data order cannot be resumed with another process "
+                             "count; resume with the same layout")
   return saved[jax.process_index()]
 
 
@@ -314,12 +367,37 @@ def _round_problems(run: Run, iterator, count: int) -> list[Any]:
 
 
 def check_workdir(workdir: str) -> None:
-  """Refuses a URL workdir (`gs://...`): paths here go through `os.path`, so one would silently
-  become a local directory named `gs:` on each host instead of the shared bucket."""
-  if "://" in str(workdir):
-    raise ValueError(f"--workdir={workdir}: URL workdirs are not supported yet; mount the bucket at "
-                     "the same path on every host (gcsfuse, or an NFS share) and pass that path "
-                     "(experiments/tpu/README.md, \"Workdir\")")
+  """Refuses a workdir that cannot be one, before anything is built or written: a URL (`gs://...`:
+  paths here go through `os.path`, so one would silently become a local directory named `gs:` on each
+  host instead of the shared bucket), a path that is not a directory, or one this user cannot read,
+  write or create."""
+  workdir = str(workdir)
+  if "://" in workdir:
+    raise errors.ConfigError(
+        f"--workdir={workdir}: URL workdirs are not supported yet; mount the bucket at the same path on "
+        "every host (gcsfuse, or an NFS share) and pass that path (experiments/tpu/README.md, \"Workdir\")")
+  if os.path.exists(workdir):
+    if not os.path.isdir(workdir):
+      raise errors.InputError(f"--workdir={workdir} exists and is not a directory; pass a directory "
+                              "(a new one is created)")
+    if not os.access(workdir, os.R_OK | os.W_OK | os.X_OK):
+      raise errors.InputError(f"--workdir={workdir}: this user cannot read and write it (permissions "
+                              f"{oct(os.stat(workdir).st_mode & 0o777)})")
+    return
+  parent = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise errors.InputError(f"--workdir={workdir} cannot be created: {parent} is not a directory")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise errors.InputError(f"--workdir={workdir} cannot be created: this user cannot write {parent}")
+
+
+def _make_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise errors.InputError(f"--workdir={workdir} cannot be created: {e.strerror or e}") from None
 
 
 class _Stop:
@@ -339,13 +417,16 @@ class _Stop:
 
 
 def _command_args(argv: Sequence[str]) -> tuple[Any, str]:
-  """(config, workdir) of the train / evaluate / warmstart commands, after checking the command line."""
+  """(config, workdir) of the train / evaluate / warmstart commands, after checking the command line,
+  the config (`config.validate`, without the devices: before `distributed.initialize`) and the
+  workdir. Nothing is written yet."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required")
+  config_lib.validate(_CONFIG.value)
   check_workdir(_WORKDIR.value)
   return _CONFIG.value, _WORKDIR.value
 
@@ -363,10 +444,12 @@ def warmstart_main(argv: Sequence[str]) -> None:
   if os.path.exists(os.path.join(workdir, REFERENCE_DIR)):
     print(f"[warmstart] {workdir}/{REFERENCE_DIR} exists already; nothing to do", flush=True)
     return
-  os.makedirs(workdir, exist_ok=True)
   distributed.initialize(c)
   run = build(c, workdir)
   try:
+    if c.warmstart.enabled:
+      data_source(c, c.data.train_split)  # a bad dataset fails before the workdir is made
+    _make_workdir(workdir)
     reference_params(run, _run_rngs(c)[0])
     print(f"[warmstart] wrote {workdir}/{REFERENCE_DIR}", flush=True)
   finally:
@@ -379,11 +462,14 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
   from rlef_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   check_workdir(workdir)
-  os.makedirs(workdir, exist_ok=True)
   _Stop.install()  # before the warm start and first evaluation, which can take minutes
   run = build(config, workdir)
   c = config
   try:
+    # The datasets first: a bad input file fails before the workdir is made or minutes are spent.
+    train_source = data_source(c, c.data.train_split)
+    problems_eval = eval_problems(c, c.eval.split, run.pool)
+    _make_workdir(workdir)
     init_rng, value_rng, eval_rng, train_rng = _run_rngs(c)
     ref_params = reference_params(run, init_rng)
 
@@ -395,7 +481,7 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
     state = round_batch.on_mesh(state, run.mesh)
 
     iterator = pipeline.make_iterator(
-        data_source(c, c.data.train_split), seed=c.data.seed, shuffle=c.data.shuffle,
+        train_source, seed=c.data.seed, shuffle=c.data.shuffle,
         process_index=jax.process_index(), process_count=jax.process_count())
 
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -408,7 +494,6 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
       start_step = int(state.step)
       print(f"[train] resumed from step {start_step} in {workdir}", flush=True)
 
-    problems_eval = eval_problems(c, c.eval.split, run.pool)
     results = {}
     # Process 0 writes the evaluations; it decides for all (other hosts may not see its files).
     before_done = distributed.allgather_objects(
@@ -432,8 +517,8 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
     step = start_step
     per_round = c.rl.updates_per_round
     if c.rl.rollouts_per_round % jax.process_count():
-      raise ValueError(f"rl.rollouts_per_round={c.rl.rollouts_per_round} must divide evenly over "
-                       f"the {jax.process_count()} processes")
+      raise errors.ConfigError(f"rl.rollouts_per_round={c.rl.rollouts_per_round} must divide evenly over "
+                               f"the {jax.process_count()} processes")
     local_rollouts = c.rl.rollouts_per_round // jax.process_count()
     last_checkpoint = start_step
     while step < c.train.num_updates:
@@ -518,8 +603,8 @@ def _evaluated_params(run: Run, which: Optional[str]) -> tuple[Any, str, Optiona
   if which == "best":
     path = os.path.join(workdir, BEST_FILE)
     if not os.path.exists(path):
-      raise FileNotFoundError(f"--checkpoint=best: {path} does not exist (it is written by training "
-                              "runs that evaluate, train.eval_every > 0 or the final evaluation)")
+      raise errors.MissingPathError(f"--checkpoint=best: {path} does not exist (it is written by training "
+                                    "runs that evaluate, train.eval_every > 0 or the final evaluation)")
     with open(path) as f:
       best = json.load(f)
     print(f"[evaluate] best checkpoint by {best['metric']} on {best.get('split')}: {best['checkpoint']} "
@@ -534,7 +619,7 @@ def _evaluated_params(run: Run, which: Optional[str]) -> tuple[Any, str, Optiona
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
   step = int(which) if which else checkpointer.latest_step()
   if step is None:
-    raise FileNotFoundError(f"no train checkpoint in {workdir}/checkpoints; pass --checkpoint")
+    raise errors.MissingPathError(f"no train checkpoint in {workdir}/checkpoints; pass --checkpoint")
   policy_opt, value_opt = ppo.make_optimizers(c.optim, total_steps=c.train.num_updates)
   rng = jax.random.key(0)
   params0 = sharding.init_params(run.policy_model, run.mesh, rng)
@@ -543,6 +628,29 @@ def _evaluated_params(run: Run, which: Optional[str]) -> tuple[Any, str, Optiona
       policy_opt, value_opt, rng)
   state, _ = checkpointer.restore(step, checkpoint_lib.abstract_like(template))
   return state.policy_params, f"step_{step}", step
+
+
+def check_evaluated_checkpoint(workdir: str, which: Optional[str]) -> None:
+  """`--checkpoint` (None: the latest train checkpoint) names something that exists."""
+  if which == "best":
+    path = os.path.join(workdir, BEST_FILE)
+    if not os.path.isfile(path):
+      raise errors.MissingPathError(f"--checkpoint=best: {path} does not exist (it is written by "
+                                    "training runs that evaluate, train.eval_every > 0 or the final "
+                                    "evaluation)")
+  elif which in ("warmstart", "reference"):
+    path = os.path.join(workdir, REFERENCE_DIR)
+    if not os.path.isdir(path):
+      raise errors.MissingPathError(f"--checkpoint={which}: {path} does not exist (a training run or "
+                                    "python -m rlef_jax.warmstart on this workdir writes it)")
+  elif which and os.path.isdir(which):
+    return
+  elif which and not which.isdigit():
+    raise errors.MissingPathError(f"--checkpoint={which}: neither a step, 'best', 'warmstart'/"
+                                  f"'reference' nor an existing params directory{_cwd_note(which)}")
+  elif not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise errors.MissingPathError(f"no train checkpoint in {os.path.join(workdir, 'checkpoints')} "
+                                  f"(--workdir={workdir}); train first, or pass --checkpoint")
 
 
 def evaluate_main(argv: Sequence[str]) -> None:
@@ -560,6 +668,7 @@ def evaluate_main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"--max_turns must be positive integers, got {_MAX_TURNS.value}") from None
   if any(t < 1 for t in budgets):
     raise app.UsageError(f"--max_turns must be positive integers, got {budgets}")
+  check_evaluated_checkpoint(workdir, _CHECKPOINT.value)
   distributed.initialize(c)
   run = build(c, workdir)
   try:
@@ -584,5 +693,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  cli.run(main, required=["config"])

@@ -163,7 +163,6 @@ def run(params: Any, model: Any, problems: Iterator[Any], tokenizer: Any, *, env
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from rlef_jax import cli  # pylint: disable=g-import-not-at-top
   from rlef_jax import train as _train  # defines the shared flags
-  flags.mark_flag_as_required("config")
-  app.run(_train.warmstart_main)
+  cli.run(_train.warmstart_main, required=["config"])

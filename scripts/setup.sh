@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up rlef_jax on a fresh machine: creates .venv (Python 3.11) and installs the pinned requirements.
+# Set up rlef_jax on a fresh machine: creates .venv (Python 3.11), installs the pinned requirements and
+# then rlef_jax itself in editable mode (pip install -e . --no-deps).
 # Idempotent and quick when nothing changed (a hash of the requirement files is kept in .venv).
 #   scripts/setup.sh            runtime dependencies
 #   scripts/setup.sh --tests    runtime + test dependencies (torch, pytest, the Llama 3 tokenizer wheel)
@@ -19,7 +20,7 @@ if [[ ! -x .venv/bin/python ]]; then
   "$py" -m venv .venv
 fi
 
-files=(requirements.txt scripts/setup.sh)
+files=(requirements.txt pyproject.toml scripts/setup.sh)
 ((with_tests)) && files+=(requirements-test.txt)
 want="$(cat "${files[@]}" | sha256sum | cut -c1-64)-$with_tests"
 stamp=.venv/.rlef_setup_stamp
@@ -34,6 +35,9 @@ if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
   else
     .venv/bin/python -m pip install -q -r requirements.txt
   fi
+  # rlef_jax itself, editable (pyproject.toml; its dependencies are the requirements just installed),
+  # so that `python -m rlef_jax.train` etc. work from any directory with this venv.
+  .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > "$stamp"
 fi
 

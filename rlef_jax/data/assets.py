@@ -16,6 +16,8 @@ import contextlib
 import importlib.resources
 import pathlib
 
+from rlef_jax import errors
+
 HUMANEVAL_PLUS = "humanevalplus/HumanEvalPlus.jsonl.gz"  # EvalPlus HumanEval+ v0.1.10, 164 tasks
 HUMANEVAL_PLUS_MINI = "humanevalplus/HumanEvalPlus-Mini.jsonl.gz"  # same tasks, few plus inputs
 # EvalPlus MBPP+ pre-release snapshot (399 tasks): NOT the official v0.2.0 release, see its SOURCE.md.
@@ -32,7 +34,7 @@ def benchmark_file(name: str) -> pathlib.Path:
     `rlef_jax/assets/benchmarks`. Raises FileNotFoundError listing the shipped files if it is absent."""
     resource = _resource(*name.split("/"))
     if not resource.is_file():
-        raise FileNotFoundError(
+        raise errors.MissingPathError(
             f"No shipped benchmark file {name!r} in rlef_jax/assets/benchmarks; shipped: {shipped_files()}. "
             "If rlef_jax is installed, its package data (rlef_jax/assets/**) was left out of the install."
         )

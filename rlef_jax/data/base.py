@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 import tensorflow_datasets as tfds
 from etils import epath
 
+from rlef_jax import errors
+
 
 class ProblemBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of the rlef_jax builders: features `name`, `source`, `problem` (JSON) and array_record files.
@@ -63,7 +65,7 @@ def resolve_input(
         if value:
             path = pathlib.Path(value).expanduser()
             if not path.exists():
-                raise FileNotFoundError(f"{what} {path} (from the {origin}) does not exist. {fix}")
+                raise errors.MissingPathError(f"{what} {path} (from the {origin}) does not exist. {fix}")
             return path
     manual = getattr(dl_manager, "_manual_dir", None)
     if manual is not None and pathlib.Path(manual).is_dir() and any(pathlib.Path(manual).iterdir()):

@@ -25,6 +25,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from rlef_jax import errors
 from rlef_jax.data import base, records
 
 PYTHON3 = 3
@@ -79,8 +80,36 @@ def has_public_and_private_tests(record: dict[str, Any]) -> bool:
 def split_files(source_dir: pathlib.Path, split: str) -> list[pathlib.Path]:
     files = sorted(source_dir.rglob(f"{split}-*.parquet"))
     if not files:
-        raise FileNotFoundError(f"No {split}-*.parquet shard under {source_dir}. {_FIX}")
+        raise errors.MissingPathError(f"No {split}-*.parquet shard under {source_dir}. {_FIX}")
     return files
+
+
+def parquet_rows(file: pathlib.Path):
+    """The rows of one parquet shard as dicts (the CodeContests columns only); a file pyarrow cannot
+    read (truncated, corrupted, not parquet) raises a RecordError naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def unreadable(e: Exception) -> records.RecordError:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return records.RecordError(f"{file}: not a readable parquet file ({reason}); the download is "
+                                   "truncated or corrupted: download this shard again")
+
+    try:
+        parquet = pq.ParquetFile(file)
+        columns = [c for c in _COLUMNS if c in parquet.schema_arrow.names]
+        batches = parquet.iter_batches(batch_size=32, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise unreadable(e) from None
+    while True:
+        try:
+            batch = next(batches, None)
+            rows = None if batch is None else batch.to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise unreadable(e) from None
+        if rows is None:
+            return
+        yield from rows
 
 
 class CodeContests(base.ProblemBuilder):
@@ -102,32 +131,27 @@ class CodeContests(base.ProblemBuilder):
             self._source_dir, ENV_VAR, dl_manager, what="CodeContests directory", fix=_FIX
         )
         if source_dir is None:
-            raise FileNotFoundError(f"No CodeContests input given. {_FIX} (or set ${ENV_VAR}).")
+            raise errors.MissingPathError(f"No CodeContests input given. {_FIX} (or set ${ENV_VAR}).")
         return {split: self._generate_examples(split, split_files(source_dir, split)) for split in SPLITS}
 
     def _generate_examples(self, split: str, files: list[pathlib.Path]):
-        import pyarrow.parquet as pq
-
         report = {"total": 0, "kept": 0, "dropped": 0}
         for file_index, file in enumerate(files):
-            parquet = pq.ParquetFile(file)
-            columns = [c for c in _COLUMNS if c in parquet.schema_arrow.names]
-            row_index = 0
-            for batch in parquet.iter_batches(batch_size=32, columns=columns):
-                for row in batch.to_pylist():
-                    where = f"{file.name} row {row_index}"
-                    record = record_from_row(row, where=where)
-                    report["total"] += 1
-                    key = file_index * 10**9 + row_index
-                    row_index += 1
-                    if not has_public_and_private_tests(record):
-                        if split in FILTERED_SPLITS:
-                            report["dropped"] += 1
-                            continue
-                        logging.warning("code_contests %s problem %r has no public or private tests.",
-                                        split, record["name"])
-                    report["kept"] += 1
-                    yield key, records.encode_example(self.SOURCE, record["name"], record)
+            for row_index, row in enumerate(parquet_rows(file)):
+                record = record_from_row(row, where=f"{file} row {row_index}")
+                report["total"] += 1
+                key = file_index * 10**9 + row_index
+                if not has_public_and_private_tests(record):
+                    if split in FILTERED_SPLITS:
+                        report["dropped"] += 1
+                        continue
+                    logging.warning("code_contests %s problem %r (%s row %d) has no public or private "
+                                    "tests.", split, record["name"], file, row_index)
+                report["kept"] += 1
+                yield key, records.encode_example(self.SOURCE, record["name"], record)
+        if not report["kept"]:  # TFDS would fail on the empty split with an AssertionError
+            tests = " with public and private tests" if split in FILTERED_SPLITS else ""
+            raise records.RecordError(f"no {split} problem{tests} in {', '.join(map(str, files))}")
         self.filter_report[split] = report
         self.info.metadata.setdefault("filter_report", {})[split] = report
         logging.info(

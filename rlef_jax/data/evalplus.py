@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import tensorflow_datasets as tfds
 
+from rlef_jax import errors
 from rlef_jax.data import assets, base, records
 
 HUMANEVAL_PLUS_URL = (
@@ -85,7 +86,7 @@ class _EvalPlusBuilder(base.ProblemBuilder, skip_registration=True):
         if path is not None and path.is_dir():
             candidates = sorted(path.glob("*.jsonl")) + sorted(path.glob("*.jsonl.gz"))
             if len(candidates) != 1:
-                raise FileNotFoundError(f"Expected one EvalPlus .jsonl[.gz] in {path}, found {candidates}. {fix}")
+                raise errors.MissingPathError(f"Expected one EvalPlus .jsonl[.gz] in {path}, found {candidates}. {fix}")
             path = candidates[0]
         if path is None and self.SHIPPED in assets.shipped_files():
             path = assets.benchmark_file(self.SHIPPED)
@@ -95,17 +96,19 @@ class _EvalPlusBuilder(base.ProblemBuilder, skip_registration=True):
             try:
                 path = pathlib.Path(dl_manager.download(self.URL))
             except Exception as e:
-                raise FileNotFoundError(f"Could not download {self.URL} ({e}). {fix}") from e
+                raise errors.MissingPathError(f"Could not download {self.URL} ({e}). {fix}") from e
         return {"test": self._generate_examples(path)}
 
     def _generate_examples(self, path: pathlib.Path):
         seen = set()
         for i, row in enumerate(read_jsonl(path)):
-            record = evalplus_record(row, self.FIELDS, where=f"{path.name} line {i + 1}")
+            record = evalplus_record(row, self.FIELDS, where=f"{path} line {i + 1}")
             if record["task_id"] in seen:
                 raise records.RecordError(f"{path}: duplicate task_id {record['task_id']!r}.")
             seen.add(record["task_id"])
             yield i, records.encode_example(self.SOURCE, record["task_id"], record)
+        if not seen:
+            raise records.RecordError(f"{path}: no tasks; is it an EvalPlus release file?")
 
 
 class HumanevalPlus(_EvalPlusBuilder):

@@ -27,6 +27,7 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
+from rlef_jax import errors
 from rlef_jax.data import assets, base, evalplus, records
 
 SPLITS = {"prompt": (1, 10), "test": (11, 510), "valid": (511, 600), "train": (601, 974)}
@@ -91,7 +92,7 @@ class Mbpp(base.ProblemBuilder):
         if path is not None and path.is_dir():
             candidates = sorted(path.glob("mbpp.jsonl")) + sorted(path.glob("mbpp.jsonl.gz"))
             if len(candidates) != 1:
-                raise FileNotFoundError(f"Expected one mbpp.jsonl[.gz] in {path}, found {candidates}. {fix}")
+                raise errors.MissingPathError(f"Expected one mbpp.jsonl[.gz] in {path}, found {candidates}. {fix}")
             path = candidates[0]
         path = path or assets.benchmark_file(assets.MBPP)
         excluded = mbpp_plus_task_ids() if self.builder_config.exclude_mbpp_plus else frozenset()
@@ -99,11 +100,17 @@ class Mbpp(base.ProblemBuilder):
 
     def _generate_examples(self, path: pathlib.Path, split: str, excluded: frozenset[int]):
         lo, hi = SPLITS[split]
+        count = 0
         for i, row in enumerate(evalplus.read_jsonl(path)):
             task_id = row.get("task_id")
             if not isinstance(task_id, int):
-                raise records.RecordError(f"{path.name} line {i + 1}: task_id must be an int, got {task_id!r}.")
+                raise records.RecordError(f"{path} line {i + 1}: task_id must be an int, got {task_id!r}.")
             if not lo <= task_id <= hi or (split in HELD_OUT_FROM_MBPP_PLUS and task_id in excluded):
                 continue
-            record = mbpp_record(row, where=f"{path.name} line {i + 1}")
+            record = mbpp_record(row, where=f"{path} line {i + 1}")
+            count += 1
             yield task_id, records.encode_example(self.SOURCE, record["name"], record)
+        if not count:  # TFDS would fail on the empty split with an AssertionError
+            held_out = ", less those MBPP+ re-uses" if split in HELD_OUT_FROM_MBPP_PLUS and excluded else ""
+            raise records.RecordError(f"{path}: no task of the {split} split (task ids {lo}-{hi}{held_out}); "
+                                      "is it the whole mbpp.jsonl?")

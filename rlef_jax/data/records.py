@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from rlef_jax import errors
+
 CONTEST_TEST_FIELDS = ("public_tests", "private_tests", "generated_tests")
 CONTEST_FIELDS = (
     "name", "description", *CONTEST_TEST_FIELDS, "solutions", "incorrect_solutions", "time_limit",
@@ -27,8 +29,8 @@ MBPP_FIELDS = ("name", "description", "public_tests", "private_tests", "generate
                "incorrect_solutions", "time_limit", "memory_limit_bytes", "test_setup_code")
 
 
-class RecordError(ValueError):
-    """A source row that does not have the shape of its dataset's schema."""
+class RecordError(errors.InputError):
+    """A source row or file that does not have the shape of its dataset's schema (a `ValueError`)."""
 
 
 def encode_example(source: str, name: str, record: Mapping[str, Any]) -> dict[str, str]:
