@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
 # Run the rlef_jax test suite on a fresh or prepared machine (sets up .venv first).
-#   scripts/test.sh            the default suite (everything not marked slow; < 15 min on 2 cores)
-#   scripts/test.sh --slow     only the slow tests (e.g. all 164 HumanEval+ canonical solutions)
-#   scripts/test.sh --all      both
-# Extra arguments go to pytest, e.g. scripts/test.sh tests/model_test.py -k decode
+#   scripts/test.sh              the ablation notebooks in QUICK mode (~5 min on 2 cores), then the
+#                                default suite (everything not marked slow or notebooks; < 15 min)
+#   scripts/test.sh --slow       only the slow tests (e.g. all 164 HumanEval+ canonical solutions)
+#   scripts/test.sh --notebooks  only the notebooks (tests/notebooks_test.py -m notebooks)
+#   scripts/test.sh --all        everything, in one pytest run
+# Extra arguments go to pytest (and skip the notebooks step), e.g. scripts/test.sh tests/model_test.py -k decode
+# RLEF_TEST_NOTEBOOKS=0 skips the notebooks step of the plain command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
 
-marker=(-m "not slow")
+marker=(-m "not slow and not notebooks")
+notebooks=0
 case "${1:-}" in
   --slow) marker=(-m slow); shift ;;
+  --notebooks) marker=(-m notebooks); shift; set -- tests/notebooks_test.py "$@" ;;
   --all) marker=(-m "slow or not slow"); shift ;;
+  "") if [[ "${RLEF_TEST_NOTEBOOKS:-1}" != "0" ]]; then notebooks=1; fi ;;
 esac
+if ((notebooks)); then
+  # A step of its own, so that the default suite stays under 15 minutes (experiments/notebooks/README.md).
+  nb_rc=0
+  .venv/bin/python -m pytest -m notebooks -q -ra --durations=4 tests/notebooks_test.py || nb_rc=$?
+  rc=0
+  .venv/bin/python -m pytest "${marker[@]}" -q -ra || rc=$?
+  if ((nb_rc)); then
+    echo "scripts/test.sh: the notebooks step failed (pytest exit $nb_rc); see its output above"
+    exit "$nb_rc"
+  fi
+  exit "$rc"
+fi
 exec .venv/bin/python -m pytest "${marker[@]}" -q -ra "$@"
