@@ -159,6 +159,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 800  # updates between evaluations on eval.split (paper App. A.1), a multiple of rl.updates_per_round; 0 = none during training (the final one still runs). Each evaluated step is checkpointed and kept, and the best by eval.select_metric is recorded in WORKDIR/best.json (paper: final checkpoint selected on valid)
   c.train.checkpoint_every = 200  # updates between train-state checkpoints (our choice)
   c.train.keep_checkpoints = 3  # most recent train-state checkpoints kept on disk, besides the evaluated ones (our choice)
+  c.train.verify_checkpoints = True  # check a checkpoint's files against the sha256 manifest saved with it before restoring (resume, evaluate, reference params); reads the whole checkpoint once, about 1 s per GB (8B with Adam states: ~100 GB). Manifests are written either way (rlef_jax/checkpoint.py)
   c.train.log_every = 10  # updates between metric logs (our choice)
   c.train.seed = 0  # seed of params init, sampling and value-head init
 

@@ -292,7 +292,8 @@ def initial_policy_params(run: Run, rng: jax.Array) -> Any:
   if os.path.exists(os.path.join(path, "config.json")):
     from rlef_jax import hf  # pylint: disable=g-import-not-at-top
     return hf.load_params(path, run.llama_config, shardings=shardings)
-  params, _ = checkpoint_lib.restore_params(path, shardings=shardings)
+  params, _ = checkpoint_lib.restore_params(path, shardings=shardings,
+                                            verify=run.config.train.verify_checkpoints)
   return params
 
 
@@ -302,7 +303,8 @@ def reference_params(run: Run, rng: jax.Array) -> Any:
   shardings = sharding.param_shardings(run.policy_model, run.mesh)
   # Process 0 decides for all: another host may look after process 0 has started writing it.
   if distributed.allgather_objects(os.path.exists(ref_dir))[0]:
-    params, _ = checkpoint_lib.restore_params(ref_dir, shardings=shardings)
+    params, _ = checkpoint_lib.restore_params(ref_dir, shardings=shardings,
+                                              verify=run.config.train.verify_checkpoints)
     return params
   params = initial_policy_params(run, rng)
   c = run.config
@@ -486,7 +488,8 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
 
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                                max_to_keep=c.train.keep_checkpoints,
-                                               keep_period=c.train.eval_every)
+                                               keep_period=c.train.eval_every,
+                                               verify=c.train.verify_checkpoints)
     start_step = 0
     if checkpointer.latest_step() is not None:
       state, extra = checkpointer.restore(None, checkpoint_lib.abstract_like(state))
@@ -611,12 +614,15 @@ def _evaluated_params(run: Run, which: Optional[str]) -> tuple[Any, str, Optiona
           f"({best['value']:.4f})", flush=True)
     which = "reference" if best["checkpoint"] == "reference" else str(best["step"])
   if which in ("warmstart", "reference"):
-    params, _ = checkpoint_lib.restore_params(os.path.join(workdir, REFERENCE_DIR), shardings=shardings)
+    params, _ = checkpoint_lib.restore_params(os.path.join(workdir, REFERENCE_DIR), shardings=shardings,
+                                              verify=c.train.verify_checkpoints)
     return params, "reference", 0
   if which and os.path.isdir(which):
-    params, _ = checkpoint_lib.restore_params(which, shardings=shardings)
+    params, _ = checkpoint_lib.restore_params(which, shardings=shardings,
+                                              verify=c.train.verify_checkpoints)
     return params, os.path.basename(os.path.normpath(which)), None
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                             verify=c.train.verify_checkpoints)
   step = int(which) if which else checkpointer.latest_step()
   if step is None:
     raise errors.MissingPathError(f"no train checkpoint in {workdir}/checkpoints; pass --checkpoint")

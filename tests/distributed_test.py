@@ -335,6 +335,10 @@ def test_train_stops_and_resumes_in_two_processes(tmp_path, synthetic_data_dir):
   extra_files = list((workdir / "checkpoints" / "1" / "extra").glob("*"))
   extra = json.loads(next(f for f in extra_files if f.is_file()).read_text())
   assert isinstance(extra["data_iterator"], list) and len(extra["data_iterator"]) == 2
+  # Process 0 wrote each step's checksum manifest, covering the other process's files too.
+  from rlef_jax import checkpoint as checkpoint_lib
+  for step in ("1", "2"):
+    assert checkpoint_lib._manifest_problem(str(workdir / "checkpoints" / step)) is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ logged metrics (a resumed run must match an uninterrupted one; issue #5)."""
 import importlib.util
 import json
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -168,6 +169,26 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_zero(tmp_path, data_dir):
   assert any("policy_params" in k for k in state)
   lines = metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
   assert lines[-1]["step"] == step
+
+
+def test_a_corrupted_latest_checkpoint_is_refused_on_resume(tmp_path, data_dir, uninterrupted):
+  """Issue 14: bytes flipped in the latest checkpoint's largest data file stop the resume with one
+  error naming the file (before this, the run resumed silently with corrupted parameters)."""
+  import shutil
+  from rlef_jax import errors
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted[0], workdir)
+  step_dir = workdir / "checkpoints" / "2"
+  target = max((p for p in step_dir.rglob("*") if p.is_file() and "/d/" in str(p)),
+               key=lambda p: p.stat().st_size)
+  data = bytearray(target.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+  target.write_bytes(bytes(data))
+  with pytest.raises(errors.InputError, match=(
+      f"checkpoint {re.escape(str(step_dir))} is corrupt: {target.relative_to(step_dir)}: checksum mismatch.*"
+      "no older checkpoint verifies")):
+    train_lib.train(tiny_config(data_dir), str(workdir))
 
 
 def test_sliced_split_must_name_a_real_split(data_dir):
