@@ -160,7 +160,11 @@ def format_summary(summary: dict[str, Any]) -> str:
   def one(key):
     s = summary[key]
     return f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] (n={s['episodes']})"
-  parts = [f"MT 1@3 {one('multi_turn_1at3')}"]
+  # The summary key keeps its name at any turn limit; the label shows the limit evaluated (1@T).
+  turns = summary.get("max_turns", 3)
+  feedback = summary.get("feedback", "true")
+  parts = [f"MT 1@{turns}{'' if feedback == 'true' else f' ({feedback} feedback)'} "
+           f"{one('multi_turn_1at3')}"]
   if "single_turn_pass1" in summary:
     parts += [f"ST pass@1 {one('single_turn_pass1')}", f"ST 1@3 {one('single_turn_1at3')}"]
   return "; ".join(parts)

@@ -73,7 +73,9 @@ def test_single_turn_one_at_three_submits_first_public_pass_else_last():
 def test_format_summary_reads_every_metric():
   s = {"mean": 0.25, "ci95": [0.1, 0.4], "episodes": 8}
   text = evaluate.format_summary({"multi_turn_1at3": s, "single_turn_pass1": s, "single_turn_1at3": s})
-  assert text.count("0.250 [0.100, 0.400] (n=8)") == 3
+  assert text.count("0.250 [0.100, 0.400] (n=8)") == 3 and text.startswith("MT 1@3 0.250")
+  swept = evaluate.format_summary({"multi_turn_1at3": s, "max_turns": 5, "feedback": "random"})
+  assert swept == "MT 1@5 (random feedback) 0.250 [0.100, 0.400] (n=8)"
 
 
 @pytest.fixture(scope="module")
