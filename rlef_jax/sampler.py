@@ -236,6 +236,11 @@ def _run(params, cache, new_tokens_BxL, num_new_B, active_B, keys_B, *, segment,
   decoding, the live rows continue as a smaller batch (their carry and cache gathered; written back
   at the end), so rows that stopped early stop costing compute."""
   carry = _prefill(params, cache, new_tokens_BxL, num_new_B, active_B, keys_B, **static)
+  if not compact:
+    # One decoding loop to the end, with no look from the host: several processes (each holding
+    # only its own rows) run it in lockstep, its stop condition being global.
+    c = _decode(params, carry, keys_B, static["max_new_tokens"] + 1, **static)
+    return _output(c, active_B, static["max_new_tokens"])
   B = num_new_B.shape[0]
   full, rows = None, None  # the full-size carry while a compacted one decodes; its rows
   part, part_keys = carry, keys_B
@@ -259,8 +264,11 @@ def _run(params, cache, new_tokens_BxL, num_new_B, active_B, keys_B, *, segment,
     part = _decode(params, part, part_keys, segment, **static)
   if full is not None:
     part = _put_rows(full, part, jnp.asarray(rows), jnp.asarray(rows < B))
-  c = part
-  T = static["max_new_tokens"]
+  return _output(part, active_B, static["max_new_tokens"])
+
+
+def _output(c, active_B, max_new_tokens):
+  T = max_new_tokens
   out_of_cache_B = active_B & ~c["stopped_B"] & (c["n_B"] == c["budget_B"]) & (c["budget_B"] < T)
   return SampleOutput(c["tokens_BxT"], c["logprobs_BxT"], c["raw_logprobs_BxT"], c["n_B"],
                       c["stopped_B"], out_of_cache_B, c["cache"])
@@ -337,7 +345,7 @@ def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Ar
     active_B: rows to generate for (default all); inactive rows generate nothing.
     mesh: when given, tracing runs under `sharding.use_mesh(mesh)`, so activations and the cache are
       constrained by the logical-axis rules; pass params/cache already placed on their shardings.
-    segment: decoding steps between two looks at which rows are still decoding.
+    segment: when compacting, decoding steps between two looks at which rows are still decoding.
     compact_rows: when at most half the rows still decode, continue with those rows only (a smaller
       batch; outputs and cache are the same). One process only.
 
