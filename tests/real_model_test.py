@@ -30,10 +30,14 @@ def smollm2_config(checkpoint_dir, data_dir):
   c.execution.workers = 2
   c.sampling.max_new_tokens = 48  # short answers: the test checks wiring, not quality
   c.sampling.max_context_length = 1024
-  c.rl.rollouts_per_round = 4
-  c.rl.minibatch_size = 2
+  # Batches are multiples of the data-parallel size: the test process has 8 CPU devices (conftest)
+  # and SmolLM2's 9/3 heads allow no tensor parallelism over them.
+  c.mesh.data = 1  # params and Adam states sharded over the 8 devices: replicated they need ~30 GB
+  c.mesh.fsdp = -1
+  c.rl.rollouts_per_round = 16
+  c.rl.minibatch_size = 8
   c.rl.updates_per_round = 2
-  c.rl.score_batch_size = 4
+  c.rl.score_batch_size = 8
   c.train.num_updates = 2
   c.train.eval_every = 2
   c.train.checkpoint_every = 2
