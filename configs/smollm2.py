@@ -46,6 +46,7 @@ def get_config():
   c.rl.minibatch_size = 16  # 4 updates per round of a quarter each, as the paper's 4 x 256 = 1024
   c.rl.updates_per_round = 4  # paper App. A.1 (4 updates per round)
   c.rl.score_batch_size = 16
+  c.rl.logprob_chunk = 128  # our choice: a 49k vocabulary; 16 episodes x 2048 tokens of float32 logits would be 6.4 GB per pass (and again in the gradient)
 
   c.optim.lr = 1e-6  # our choice: the paper's 2e-7 is for 8B/70B with 256-episode minibatches
   c.optim.value_lr = 1e-5  # our choice: the value head starts random
@@ -59,6 +60,7 @@ def get_config():
   c.eval.split = "test"  # HumanEval+ has one split (164 tasks)
   c.eval.num_rollouts_per_problem = 1  # our choice on CPU; the paper uses 20 for HumanEval+ (Table 5)
   c.eval.max_problems = 0  # all 164
+  c.eval.batch_size = 32  # our choice: 32 episodes' KV caches (~94 MB each at 2048 float32 slots) at a time, not all 164 (~15 GB)
   c.eval.temperature = 0.2  # paper §3.1
   c.eval.top_p = 0.95  # paper §3.1
   return c

@@ -5,9 +5,11 @@ files under `configs/` start from it and override values. Defaults are the paper
 Llama 3.1 8B Instruct (paper §3, App. A.1), except where a field marks the value as our choice for
 something the paper leaves unspecified ([U]; docs/method.md "Open points").
 
-`llama_config(config.model)` builds the model's `LlamaConfig`; its `num_params()` counts parameters
-from abstract shapes. `validate(config)` checks a whole config against this schema (unknown fields, types, ranges,
-choices, cross-field consistency) and raises one `rlef_jax.errors.ConfigError` (a `ValueError`) naming the offending field.
+`llama_config(config.model)` builds the model's `LlamaConfig` (its `num_params()` counts parameters).
+`validate(config)` checks a whole config against this schema (unknown fields, types, ranges, choices,
+cross-field consistency) and raises one `rlef_jax.errors.ConfigError` (a `ValueError`) naming the
+offending field. The checks of a group that has a typed settings object live with that object
+(`env_config.EnvConfig`, `ppo.PPOSettings`), and validate calls them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Callable
 import ml_collections
 from ml_collections import config_dict
 
-from rlef_jax import distributed, env_config, errors, model, sharding
+from rlef_jax import distributed, env_config, errors, model, ppo, sharding
 
 _ph = config_dict.placeholder
 
@@ -174,6 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.dataset = ""  # dataset evaluated (same names as data.name); "" = data.name. E.g. train on mbpp, evaluate transfer on humaneval_plus
   c.eval.split = "valid"  # split of eval.dataset evaluated during training (paper: checkpoint selection on valid)
   c.eval.max_problems = 0  # evaluate at most this many problems (0 = all)
+  c.eval.batch_size = 0  # [U] our choice: episodes sampled together per evaluation call (0 = all at once); bounds the KV caches' memory (rows x max_context_length), not the results
   c.eval.single_turn = True  # also run 3 independent single-turn samples per rollout: ST pass@1 and ST 1@3 (paper §5.3)
 
   c.distributed = distributed.default_config()  # multi-process start-up (rlef_jax/distributed.py)
@@ -205,14 +208,6 @@ def _gt(lo: float) -> tuple[Callable[[Any], bool], str]:
   return (lambda v: v > lo), f"> {lo}"
 
 
-def _le(hi: float) -> tuple[Callable[[Any], bool], str]:
-  return (lambda v: v <= hi), f"<= {hi}"
-
-
-def _open(lo: float, hi: float) -> tuple[Callable[[Any], bool], str]:
-  return (lambda v: lo < v < hi), f"in ({lo}, {hi})"
-
-
 def _half_open(lo: float, hi: float) -> tuple[Callable[[Any], bool], str]:
   return (lambda v: lo < v <= hi), f"in ({lo}, {hi}]"
 
@@ -237,21 +232,14 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.name": _choice("code_contests", "humaneval_plus", "mbpp_plus", "mbpp", "synthetic"),
     "data.train_split": _NONEMPTY,
     "eval.dataset": _choice("", "code_contests", "humaneval_plus", "mbpp_plus", "mbpp", "synthetic"),
-    "env.max_turns": _ge(1),
-    "env.feedback": _choice("true", "random", "none", "rich"),
-    "env.invalid_code_penalty": _le(0),
-    "env.code_extraction": _choice("last_block", "first_block"),
-    "env.max_feedback_chars": _ge(0), "env.max_failures_shown": _ge(0),
-    "env.rich_num_tests": _ge(1), "env.rich_max_failures": _ge(1),
+    # The env fields are checked by env_config.EnvConfig, in validate().
     "execution.workers": _ge(0),
     "execution.sandbox": _choice("auto", "bwrap", "unshare", "weak"),
     "sampling.temperature": _ge(0), "sampling.top_p": _half_open(0, 1),
     "sampling.max_new_tokens": _ge(1), "sampling.max_context_length": _ge(2),
-    "rl.kl_coef": _ge(0), "rl.clip_eps": _open(0, 1), "rl.value_clip": _gt(0),
-    "rl.gamma": _half_open(0, 1), "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
-    "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(0), "rl.num_microbatches": _ge(1), "rl.logprob_chunk": _ge(0), "rl.advantage_norm": _choice("batch", "none"),
-    "rl.loss_aggregation": _choice("token_mean", "turn_mean"),
-    "rl.kl_clamp": _ge(0),
+    # The PPO fields (kl_coef, clip_eps, ...) are checked by ppo.PPOSettings, in validate().
+    "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
+    "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(0), "rl.num_microbatches": _ge(1),
     "optim.lr": _gt(0), "optim.value_lr": _gt(0), "optim.weight_decay": _ge(0),
     "optim.warmup_steps": _ge(0),
     "optim.schedule_after_warmup": _choice("constant", "cosine", "linear"),
@@ -263,7 +251,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.select_metric": _choice("multi_turn_1at3", "single_turn_1at3", "single_turn_pass1"),
     "eval.temperature": _ge(0), "eval.top_p": _half_open(0, 1),
     "eval.num_rollouts_per_problem": _ge(1), "eval.max_turns": _ge(1), "eval.split": _NONEMPTY,
-    "eval.max_problems": _ge(0),
+    "eval.max_problems": _ge(0), "eval.batch_size": _ge(0),
     "warmstart.steps": _ge(0), "warmstart.lr": _gt(0), "warmstart.batch_size": _ge(1),
     "warmstart.dialogue_turns": _ge(1), "warmstart.num_dialogues": _ge(1),
     "warmstart.feedback_fraction": _closed(0.0, 1.0),
@@ -365,6 +353,10 @@ def validate(config, num_devices: int | None = None) -> None:
     env_config.EnvConfig.from_config(config.env)
   except (TypeError, ValueError) as e:
     raise errors.ConfigError(f"config.env: {e}") from None
+  try:
+    ppo.PPOSettings.from_config(config.rl)
+  except ValueError as e:
+    raise errors.ConfigError(str(e)) from None
   arch = _check_model(config.model)
   if config.sampling.max_new_tokens >= config.sampling.max_context_length:
     raise errors.ConfigError(f"config.sampling.max_new_tokens ({config.sampling.max_new_tokens}) must be "

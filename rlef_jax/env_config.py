@@ -109,6 +109,8 @@ class EnvConfig:
         for field in ("invalid_code_penalty", "success_reward", "failure_reward"):
             if isinstance(getattr(self, field), bool) or not isinstance(getattr(self, field), (int, float)):
                 fail(field, "a number")
+        if self.invalid_code_penalty > 0:
+            fail("invalid_code_penalty", "<= 0 (a penalty)")
         for field in ("final_turn_invalid_penalty_stacks", "use_generated_tests_for_reward", "score_public_tests"):
             if not isinstance(getattr(self, field), bool):
                 fail(field, "True or False")

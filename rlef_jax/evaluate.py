@@ -19,16 +19,51 @@ P passed, W wrong answer, E runtime error, T timeout, M out of memory, N no code
 `feedback` (the user message shown next, null after the last turn); `final_verdicts` (the final
 solution's letter per scored test) with `final_groups` ([role, count] of those tests in order, e.g.
 [["public", 1], ["private", 5]]).
+
+Below the estimators: `run_evaluation` evaluates params of a built run (`experiment.Run`) with the
+evaluation's own settings (`config.eval`: temperature, turn limit, feedback variant) and writes
+`WORKDIR/eval/NAME.json` and `NAME.episodes.jsonl`; `record_best` keeps `WORKDIR/best.json` on the
+best evaluated checkpoint; `main` is the command, which evaluates one checkpoint for each feedback
+variant and turn budget asked for.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
+from absl import app
+from absl import flags
+from absl import logging
+import jax
 import numpy as np
 
+from rlef_jax import checkpoint as checkpoint_lib
+from rlef_jax import cli
+from rlef_jax import commands
+from rlef_jax import distributed
+from rlef_jax import env as env_lib
+from rlef_jax import env_config as env_config_lib
+from rlef_jax import errors
+from rlef_jax import experiment
+from rlef_jax import extract
+from rlef_jax import model as model_lib
+from rlef_jax import ppo
 from rlef_jax import rollout as rollout_lib
+from rlef_jax import sharding
+from rlef_jax import warmstart
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
+                                  "a train step in the workdir, 'best' (WORKDIR/best.json), "
+                                  "'warmstart'/'reference', or a params directory (default: the latest "
+                                  "train checkpoint).")
+_SPLIT = flags.DEFINE_string("split", None, "the split (default config.eval.split).")
+_FEEDBACK = flags.DEFINE_list("feedback", None, "feedback variants to evaluate, e.g. true,random,none "
+                              "(default config.eval.feedback).")
+_MAX_TURNS = flags.DEFINE_list("max_turns", None, "turn budgets to evaluate, e.g. 1,2,3,5,10 (default "
+                               "config.eval.max_turns).")
+
+EVAL_DIR = "eval"  # WORKDIR/eval: NAME.json summaries and NAME.episodes.jsonl records
 
 BOOTSTRAP_RESAMPLES = 200  # paper §5.1 (config.eval.bootstrap_resamples)
 
@@ -59,7 +94,6 @@ def verdict_codes(result: Any, num_cases: int, code: str | None = None) -> str:
   """A job result's per-test verdicts as one letter each (`VERDICT_CODES`, in test order). A response
   without valid code ran nothing: every test is "N" (no code) or "S" (it does not compile)."""
   if result is None:
-    from rlef_jax import extract  # pylint: disable=g-import-not-at-top
     no_code = code is None or not code.strip() or extract.syntax_error(code) is None
     return ("N" if no_code else "S") * num_cases
   return "".join(VERDICT_CODES[c.verdict.value] for c in result.cases)
@@ -69,7 +103,6 @@ def episode_outcome(record: rollout_lib.EpisodeRecord) -> dict[str, Any]:
   """One episode for the records: the summary fields the estimators read, and what error analysis
   needs without a rerun (paper Fig. 3): per turn the response, the extracted code, per-public-test
   verdicts and the feedback shown; the final solution's verdicts per scored test."""
-  from rlef_jax import env as env_lib  # pylint: disable=g-import-not-at-top
   ep = record.episode
   turn_log = [{"response": t.response_text, "code": t.code, "valid": bool(t.valid),
                "truncated": bool(t.truncated),
@@ -99,16 +132,23 @@ def single_turn_one_at_three(outcomes: Sequence[dict[str, Any]]) -> list[float]:
   return successes
 
 
-def run_split(engine: rollout_lib.RolloutEngine, params: Any, problems: Sequence[Any], rng: Any
-              ) -> tuple[list[dict[str, Any]], rollout_lib.RolloutStats]:
+def run_split(engine: rollout_lib.RolloutEngine, params: Any, problems: Sequence[Any], rng: Any,
+              batch_size: int = 0) -> tuple[list[dict[str, Any]], rollout_lib.RolloutStats]:
   """Every episode's outcome, in the order of `problems`; with several processes each runs an
-  equal block (the last process's padded with repeats that are dropped) and all get every outcome."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from rlef_jax import distributed  # pylint: disable=g-import-not-at-top
+  equal block (the last process's padded with repeats that are dropped) and all get every outcome.
+  `batch_size` > 0 runs a process's block that many episodes at a time (the KV caches of one call
+  grow with its episodes); an episode's samples do not depend on it."""
   count, index = jax.process_count(), jax.process_index()
   per = -(-len(problems) // count)
   padded = list(problems) + [problems[-1]] * (per * count - len(problems))
-  records, stats = engine.run(params, padded[index * per:(index + 1) * per], rng)
+  block = padded[index * per:(index + 1) * per]
+  size = batch_size or per
+  records, stats = [], rollout_lib.RolloutStats()
+  for start in range(0, per, size):
+    part, part_stats = engine.run(params, block[start:start + size], rng, feedback_problems=block,
+                                  first_episode=index * per + start)
+    records += part
+    stats += part_stats
   outcomes = [episode_outcome(r) for r in records]
   gathered = [o for part in distributed.allgather_objects(outcomes) for o in part]
   return gathered[:len(problems)], stats
@@ -116,13 +156,12 @@ def run_split(engine: rollout_lib.RolloutEngine, params: Any, problems: Sequence
 
 def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.RolloutEngine | None,
              params: Any, problems: Sequence[Any], *, num_rollouts: int, rng: Any,
-             seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES
+             seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES, batch_size: int = 0
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """Runs the evaluation episodes; returns (summary, per-episode outcomes)."""
-  import jax  # pylint: disable=g-import-not-at-top
 
   mt_problems = [p for p in problems for _ in range(num_rollouts)]
-  mt, stats = run_split(engine_mt, params, mt_problems, jax.random.fold_in(rng, 0))
+  mt, stats = run_split(engine_mt, params, mt_problems, jax.random.fold_in(rng, 0), batch_size)
   mt = [dict(o, mode="multi_turn") for o in mt]
   summary: dict[str, Any] = {
       "problems": len(problems), "rollouts_per_problem": num_rollouts,
@@ -135,7 +174,8 @@ def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.Rollou
   outcomes = mt
   if engine_st is not None:
     st_problems = [p for p in problems for _ in range(3 * num_rollouts)]
-    st, st_stats = run_split(engine_st, params, st_problems, jax.random.fold_in(rng, 1))
+    st, st_stats = run_split(engine_st, params, st_problems, jax.random.fold_in(rng, 1),
+                             batch_size)
     st = [dict(o, mode="single_turn") for o in st]
     summary["single_turn_pass1"] = _summary([o["solved"] for o in st], seed, resamples)
     summary["single_turn_1at3"] = _summary(single_turn_one_at_three(st), seed, resamples)
@@ -170,12 +210,177 @@ def format_summary(summary: dict[str, Any]) -> str:
   return "; ".join(parts)
 
 
+# ---------------------------------------------------------------------------------------------
+# Evaluating params of a run (the trainer's evaluations and this module's command)
+
+
+def eval_env_config(config: Any, max_turns: int, feedback: str) -> Any:
+  """`config.env` with the evaluation's turn limit and feedback variant (not the training ones)."""
+  env_config = config.env.copy_and_resolve_references()
+  with env_config.unlocked():
+    env_config.max_turns = max_turns
+    env_config.feedback = feedback
+  return env_config
+
+
+def evaluation_engines(run: experiment.Run, *, max_turns: Optional[int] = None, feedback: Optional[str] = None
+                       ) -> tuple[rollout_lib.RolloutEngine, rollout_lib.RolloutEngine]:
+  """Multi-turn and single-turn engines of the evaluation (default: config.eval's turns and feedback)."""
+  c = run.config
+  settings = experiment.rollout_settings(c, evaluation=True)
+  max_turns = c.eval.max_turns if max_turns is None else max_turns
+  feedback = c.eval.feedback if feedback is None else feedback
+  mt = rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
+                                 eval_env_config(c, max_turns, feedback), settings, run.mesh)
+  st = rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
+                                 eval_env_config(c, 1, "true"), settings, run.mesh)
+  return mt, st
+
+
+def run_evaluation(run: experiment.Run, params: Any, problems: Sequence[Any], name: str, rng: jax.Array,
+                   single_turn: bool = True, *, checkpoint: str = "", step: Optional[int] = None,
+                   split: str = "", max_turns: Optional[int] = None, feedback: Optional[str] = None
+                   ) -> dict:
+  """Evaluates `params` on `problems`; writes `eval/NAME.json` (summary with what was evaluated how)
+  and `eval/NAME.episodes.jsonl` (every episode, rlef_jax/evaluate.py)."""
+  c = run.config
+  max_turns = c.eval.max_turns if max_turns is None else max_turns
+  feedback = c.eval.feedback if feedback is None else feedback
+  mt, st = evaluation_engines(run, max_turns=max_turns, feedback=feedback)
+  summary, outcomes = evaluate(
+      mt, st if single_turn and c.eval.single_turn else None, params, problems,
+      num_rollouts=c.eval.num_rollouts_per_problem, rng=rng, seed=c.train.seed,
+      resamples=c.eval.bootstrap_resamples, batch_size=c.eval.batch_size)
+  summary.update(name=name, checkpoint=checkpoint, step=step, dataset=c.eval.dataset or c.data.name,
+                 split=split or c.eval.split, feedback=feedback, max_turns=max_turns,
+                 temperature=c.eval.temperature, top_p=c.eval.top_p)
+  if jax.process_index() == 0:
+    path = write_results(os.path.join(run.workdir, EVAL_DIR), name, summary, outcomes)
+    logging.info("evaluation %s: %s (%s)", name, format_summary(summary), path)
+    print(f"[eval {name}] {format_summary(summary)}", flush=True)
+  return summary
+
+
+BEST_FILE = "best.json"
+
+
+def record_best(workdir: str, summary: dict, metric: str) -> None:
+  """Keeps `WORKDIR/best.json` pointing at the evaluated checkpoint with the highest `metric` on the
+  evaluation split (paper App. A.1: the final checkpoint is selected on valid); ties keep the earlier."""
+  if jax.process_index() != 0 or metric not in summary:
+    return
+  path = os.path.join(workdir, BEST_FILE)
+  value = float(summary[metric]["mean"])
+  if os.path.exists(path):
+    with open(path) as f:
+      best = json.load(f)
+    if best.get("metric") == metric and best["value"] >= value:
+      return
+  entry = {"checkpoint": summary["checkpoint"], "step": summary["step"], "metric": metric, "value": value,
+           "split": summary.get("split"), "evaluation": summary["name"]}
+  with open(path + ".tmp", "w") as f:
+    json.dump(entry, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def evaluated_params(run: experiment.Run, which: Optional[str]) -> tuple[Any, str, Optional[int]]:
+  """(params, checkpoint name, step) of `--checkpoint`: a step, 'best', 'warmstart'/'reference', a
+  params directory, or (None) the latest train checkpoint."""
+  c, workdir = run.config, run.workdir
+  shardings = sharding.param_shardings(run.policy_model, run.mesh)
+  if which == "best":
+    path = os.path.join(workdir, BEST_FILE)
+    if not os.path.exists(path):
+      raise errors.MissingPathError(f"--checkpoint=best: {path} does not exist (it is written by training "
+                                    "runs that evaluate, train.eval_every > 0 or the final evaluation)")
+    with open(path) as f:
+      best = json.load(f)
+    print(f"[evaluate] best checkpoint by {best['metric']} on {best.get('split')}: {best['checkpoint']} "
+          f"({best['value']:.4f})", flush=True)
+    which = "reference" if best["checkpoint"] == "reference" else str(best["step"])
+  if which in ("warmstart", "reference"):
+    params, _ = checkpoint_lib.restore_params(os.path.join(workdir, warmstart.REFERENCE_DIR),
+                                              shardings=shardings,
+                                              verify=c.train.verify_checkpoints)
+    return params, "reference", 0
+  if which and os.path.isdir(which):
+    params, _ = checkpoint_lib.restore_params(which, shardings=shardings,
+                                              verify=c.train.verify_checkpoints)
+    return params, os.path.basename(os.path.normpath(which)), None
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                             verify=c.train.verify_checkpoints)
+  step = int(which) if which else checkpointer.latest_step()
+  if step is None:
+    raise errors.MissingPathError(f"no train checkpoint in {workdir}/checkpoints; pass --checkpoint")
+  policy_opt, value_opt = ppo.make_optimizers(c.optim, total_steps=c.train.num_updates)
+  rng = jax.random.key(0)
+  params0 = sharding.init_params(run.policy_model, run.mesh, rng)
+  template = ppo.init_train_state(
+      params0, model_lib.value_params_from_policy(params0, rng, run.llama_config),
+      policy_opt, value_opt, rng)
+  state, _ = checkpointer.restore(step, checkpoint_lib.abstract_like(template))
+  return state.policy_params, f"step_{step}", step
+
+
+def check_evaluated_checkpoint(workdir: str, which: Optional[str]) -> None:
+  """`--checkpoint` (None: the latest train checkpoint) names something that exists."""
+  if which == "best":
+    path = os.path.join(workdir, BEST_FILE)
+    if not os.path.isfile(path):
+      raise errors.MissingPathError(f"--checkpoint=best: {path} does not exist (it is written by "
+                                    "training runs that evaluate, train.eval_every > 0 or the final "
+                                    "evaluation)")
+  elif which in ("warmstart", "reference"):
+    path = os.path.join(workdir, warmstart.REFERENCE_DIR)
+    if not os.path.isdir(path):
+      raise errors.MissingPathError(f"--checkpoint={which}: {path} does not exist (a training run or "
+                                    "python -m rlef_jax.warmstart on this workdir writes it)")
+  elif which and os.path.isdir(which):
+    return
+  elif which and not which.isdigit():
+    raise errors.MissingPathError(f"--checkpoint={which}: neither a step, 'best', 'warmstart'/"
+                                  f"'reference' nor an existing params directory{experiment.cwd_note(which)}")
+  elif not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise errors.MissingPathError(f"no train checkpoint in {os.path.join(workdir, 'checkpoints')} "
+                                  f"(--workdir={workdir}); train first, or pass --checkpoint")
+
+
 def main(argv: Sequence[str]) -> None:
-  from rlef_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  train_lib.evaluate_main(argv)
+  """`python -m rlef_jax.evaluate`: evaluate a checkpoint of a workdir on a split, for each feedback
+  variant and turn budget asked for (`--feedback`, `--max_turns`: a sweep over one checkpoint)."""
+  c, workdir = commands.command_args(argv)
+  feedbacks = _FEEDBACK.value or [c.eval.feedback]
+  bad = [f for f in feedbacks if f not in env_config_lib.FEEDBACK_VARIANTS]
+  if bad:
+    raise app.UsageError(f"--feedback: unknown variants {bad}; choose from "
+                         f"{list(env_config_lib.FEEDBACK_VARIANTS)}")
+  try:
+    budgets = [int(t) for t in (_MAX_TURNS.value or [c.eval.max_turns])]
+  except ValueError:
+    raise app.UsageError(f"--max_turns must be positive integers, got {_MAX_TURNS.value}") from None
+  if any(t < 1 for t in budgets):
+    raise app.UsageError(f"--max_turns must be positive integers, got {budgets}")
+  check_evaluated_checkpoint(workdir, _CHECKPOINT.value)
+  distributed.initialize(c)
+  run = experiment.build(c, workdir)
+  try:
+    params, name, step = evaluated_params(run, _CHECKPOINT.value)
+    split = _SPLIT.value or c.eval.split
+    problems = experiment.eval_problems(c, split, run.pool)
+    default = (c.eval.feedback, c.eval.max_turns)
+    for i, (feedback, turns) in enumerate((f, t) for f in feedbacks for t in budgets):
+      suffix = "" if (feedback, turns) == default else f"_{feedback}_t{turns}"
+      # Single-turn samples do not depend on the feedback or the budget: drawn once per command.
+      run_evaluation(run, params, problems, f"evaluate_{name}_{split}{suffix}",
+                     jax.random.key(c.train.seed + 7), single_turn=i == 0, checkpoint=name, step=step,
+                     split=split, max_turns=turns, feedback=feedback)
+  finally:
+    run.close()
 
 
 if __name__ == "__main__":
-  from rlef_jax import cli  # pylint: disable=g-import-not-at-top
-  from rlef_jax import train as _train  # noqa: F401  (defines the shared flags)
   cli.run(main, required=["config"])

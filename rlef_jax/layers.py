@@ -13,16 +13,14 @@ F MLP hidden, V vocab, N layers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from rlef_jax import rope
-
-if TYPE_CHECKING:
-  from rlef_jax.model import KVCache, LlamaConfig
+from rlef_jax.model_types import KVCache, LlamaConfig
 
 ACT_BLD = ("activation_batch", "activation_length", "activation_embed")
 CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")  # one layer's k or v
@@ -54,7 +52,7 @@ class Proj(nn.Module):
 
 class Embed(nn.Module):
   """Token embedding table `[V, D]`; `attend` is the tied output projection (float32 logits)."""
-  config: "LlamaConfig"
+  config: LlamaConfig
 
   def setup(self):
     cfg = self.config
@@ -76,7 +74,7 @@ class Embed(nn.Module):
 
 class RMSNorm(nn.Module):
   """`x / rms(x) * scale`, normalised in float32 like transformers' `LlamaRMSNorm`."""
-  config: "LlamaConfig"
+  config: LlamaConfig
 
   @nn.compact
   def __call__(self, x_BxLxD: jnp.ndarray) -> jnp.ndarray:
@@ -131,7 +129,7 @@ def _cached_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, kv, positions_BxL, len
 class Attention(nn.Module):
   """Causal grouped-query attention; K/V heads are shared by G query heads without being repeated.
   `attend_slots`: with a cache, attend over its first slots only (see `_cached_attention`)."""
-  config: "LlamaConfig"
+  config: LlamaConfig
   attend_slots: int | None = None
 
   @nn.compact
@@ -174,7 +172,7 @@ class Attention(nn.Module):
 
 class MLP(nn.Module):
   """SwiGLU: `down(silu(gate(x)) * up(x))`."""
-  config: "LlamaConfig"
+  config: LlamaConfig
 
   @nn.compact
   def __call__(self, x_BxLxD):
@@ -196,7 +194,7 @@ class DecoderLayer(nn.Module):
   hidden state, the rest is broadcast. `kv` is this layer's cache buffers (unrolled decoding) or None,
   and the output its updated buffers.
   """
-  config: "LlamaConfig"
+  config: LlamaConfig
   attend_slots: int | None = None
 
   @nn.compact
@@ -209,7 +207,7 @@ class DecoderLayer(nn.Module):
     return nn.with_logical_constraint(x_BxLxD, ACT_BLD), kv
 
 
-def decoder(cfg: "LlamaConfig", tokens_BxL: jnp.ndarray, cache: "KVCache | None",
+def decoder(cfg: LlamaConfig, tokens_BxL: jnp.ndarray, cache: KVCache | None,
             attend_slots: int | None = None) -> tuple[jnp.ndarray, Embed, tuple[tuple, tuple] | None]:
   """Embedding, N decoder layers and the final norm, created inside the calling compact module.
 

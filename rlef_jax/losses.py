@@ -127,26 +127,6 @@ def turn_weights_BxT(turn_mask_BxT: jax.Array) -> jax.Array:
   return mask_BxT / jnp.maximum(mask_BxT.sum(), 1.0)
 
 
-def token_logp_and_entropy(logits_BxLxV: jax.Array, tokens_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Log-prob of each token given its prefix and the entropy of the distribution that predicted it.
-
-  Aligned with the tokens: index i scores `tokens[:, i]` from the logits at i − 1; index 0 is 0.
-  """
-  logp_BxL, entropy_BxL = logp_and_entropy(logits_BxLxV[:, :-1], tokens_BxL[:, 1:])
-  pad = jnp.zeros_like(logp_BxL[:, :1])
-  return (jnp.concatenate([pad, logp_BxL], axis=1), jnp.concatenate([pad, entropy_BxL], axis=1))
-
-
-def logp_and_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Log-prob of `targets_BxL` under each position's logits, and the entropy there (float32)."""
-  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-  lse_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-  picked_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-  probs_BxLxV = jnp.exp(logits_BxLxV - lse_BxL[..., None])
-  entropy_BxL = lse_BxL - jnp.sum(probs_BxLxV * logits_BxLxV, axis=-1)
-  return picked_BxL - lse_BxL, entropy_BxL
-
-
 def policy_loss(logp_BxL: jax.Array, old_logp_BxL: jax.Array, behaviour_logp_BxL: jax.Array,
                 advantages_BxL: jax.Array, weights_BxL: jax.Array,
                 clip_eps: float = 0.2, behaviour_correction: bool = True

@@ -14,131 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlef_jax import layers, losses, rope
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@dataclasses.dataclass(frozen=True)
-class RopeScaling:
-  """Hugging Face `rope_scaling` with `rope_type == "llama3"` (Llama 3.1 and 3.2)."""
-  factor: float
-  low_freq_factor: float
-  high_freq_factor: float
-  original_max_position_embeddings: int
-
-  def __post_init__(self):
-    if not (self.factor > 0 and 0 < self.low_freq_factor < self.high_freq_factor):
-      raise ValueError(f"RopeScaling needs factor > 0 and 0 < low_freq_factor < high_freq_factor, "
-                       f"got {self}")
-    if self.original_max_position_embeddings <= 0:
-      raise ValueError(f"RopeScaling.original_max_position_embeddings must be positive, got {self}")
-
-
-@dataclasses.dataclass(frozen=True)
-class LlamaConfig:
-  """Architecture plus numerics of a Llama model.
-
-  `head_dim=None` is resolved to `hidden_size // num_heads` at construction, so `config.head_dim` is
-  always an int (note: `dataclasses.replace` keeps the resolved value).
-  """
-  vocab_size: int
-  hidden_size: int
-  intermediate_size: int
-  num_layers: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int | None = None
-  rms_norm_eps: float = 1e-5
-  rope_theta: float = 500000.0
-  rope_scaling: RopeScaling | None = None
-  max_position_embeddings: int = 8192
-  tie_word_embeddings: bool = False
-  param_dtype: str = "float32"
-  dtype: str = "float32"
-  remat: bool = False
-  scan_layers: bool = False
-
-  def __post_init__(self):
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                 "num_kv_heads", "max_position_embeddings"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"LlamaConfig.{name} must be a positive int, got {value!r}")
-    if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"LlamaConfig.num_heads ({self.num_heads}) must be a multiple of "
-                       f"num_kv_heads ({self.num_kv_heads}) for grouped-query attention")
-    if self.head_dim is None:
-      if self.hidden_size % self.num_heads:
-        raise ValueError(f"LlamaConfig.hidden_size ({self.hidden_size}) is not divisible by "
-                         f"num_heads ({self.num_heads}); set head_dim explicitly")
-      object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
-    if self.head_dim <= 0 or self.head_dim % 2:
-      raise ValueError(f"LlamaConfig.head_dim must be a positive even int (RoPE rotates pairs), "
-                       f"got {self.head_dim}")
-    for name in ("param_dtype", "dtype"):
-      if getattr(self, name) not in _DTYPES:
-        raise ValueError(f"LlamaConfig.{name} must be one of {sorted(_DTYPES)}, "
-                         f"got {getattr(self, name)!r}")
-    if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
-      raise ValueError(f"LlamaConfig.rms_norm_eps and rope_theta must be positive, got "
-                       f"{self.rms_norm_eps}, {self.rope_theta}")
-    if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
-      raise ValueError("LlamaConfig.rope_scaling must be a RopeScaling or None, got "
-                       f"{type(self.rope_scaling).__name__}")
-
-  @property
-  def param_jnp_dtype(self):
-    return _DTYPES[self.param_dtype]
-
-  @property
-  def compute_jnp_dtype(self):
-    return _DTYPES[self.dtype]
-
-  def num_params(self) -> int:
-    """The policy's parameter count, from abstract shapes (`jax.eval_shape`, nothing allocated)."""
-    shapes = jax.eval_shape(
-        lambda: Llama(self).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
-
+from rlef_jax import layers, rope
+from rlef_jax.model_types import KVCache, LlamaConfig, RopeScaling  # noqa: F401  (the model's types, re-exported)
 
 def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
   """`[Dh/2]` float32 inverse frequencies, equal to transformers' `inv_freq` (llama3 scaling incl.)."""
   return rope.inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
-
-
-@flax.struct.dataclass
-class KVCache:
-  """Keys/values (after RoPE) of every sequence so far, one buffer per layer in the attention's own
-  layout `[B, K, S, Dh]`; row b fills slots `< lengths_B[b]`.
-
-  One buffer per layer (not one stacked `[N, ...]` array): a decode step writes one slot of each
-  layer in place and the attention reads the layer's buffer directly, so no step copies a layer's
-  cache (slicing a stacked cache, or a `[B, S, K, Dh]` layout the attention must transpose, copies it
-  every step: the step then costs O(allocated slots) in memory traffic). Decoding therefore runs
-  the layers unrolled (`prepare_for_decoding` unstacks scan-trained params once).
-  """
-  keys: tuple  # N arrays k_BxKxSxDh
-  values: tuple  # N arrays v_BxKxSxDh
-  lengths_B: jnp.ndarray
-
-  @property
-  def batch_size(self) -> int:
-    return self.lengths_B.shape[0]
-
-  @property
-  def capacity(self) -> int:
-    """S, the slots allocated per row."""
-    return self.keys[0].shape[2]
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int) -> KVCache:
@@ -222,7 +110,7 @@ class Llama(nn.Module):
           "Llama(decoding_config(config)) with unstack_layers(params) (sampler.prepare does both), "
           f"and init_cache(config, ...) for {cfg.num_layers} layers")
     x_BxLxD, embed, kv = layers.decoder(cfg, tokens_BxL, cache, attend_slots)
-    if return_hidden:  # the final normalised hidden states, for `token_logprobs` (no cache)
+    if return_hidden:  # the final normalised hidden states, for `logprobs.token_logprobs` (no cache)
       return x_BxLxD, None
     if logits_at_B is not None:
       x_BxLxD = jnp.take_along_axis(
@@ -241,50 +129,6 @@ class Llama(nn.Module):
     num_new_B = jnp.full_like(cache.lengths_B, L) if num_new_B is None else num_new_B
     new_cache = KVCache(kv[0], kv[1], cache.lengths_B + jnp.asarray(num_new_B, jnp.int32))
     return logits_BxLxV, new_cache
-
-
-def head_logits(config: LlamaConfig, params: Any, x_BxLxD: jax.Array) -> jax.Array:
-  """The LM head of `Llama` as a pure function of its params: float32 logits of hidden states."""
-  dtype = config.compute_jnp_dtype
-  if config.tie_word_embeddings:
-    table_VxD = nn.meta.unbox(params["embed"]["embedding"])  # params may be boxed (logical axes)
-    return jnp.einsum("bld,vd->blv", x_BxLxD.astype(dtype), table_VxD.astype(dtype),
-                      preferred_element_type=jnp.float32)
-  kernel_DxV = nn.meta.unbox(params["lm_head"]["kernel"])
-  return jnp.einsum("bld,dv->blv", x_BxLxD.astype(dtype), kernel_DxV.astype(dtype),
-                    preferred_element_type=jnp.float32)
-
-
-def token_logprobs(model: "Llama", params: Any, tokens_BxL: jax.Array, chunk: int = 0
-                   ) -> tuple[jax.Array, jax.Array]:
-  """`(logp_BxL, entropy_BxL)`: log p(tokens[b, i] | tokens[b, :i]) and the entropy of the
-  distribution that predicted it; index 0 is 0.
-
-  `chunk > 0` computes the logits `chunk` positions at a time, each chunk under `jax.checkpoint`,
-  so neither the forward nor the gradient ever holds B × L × V logits (at 8B, 128k vocabulary and
-  8k tokens that is 4 GB per sequence in float32): only B × chunk × V. Same values as `chunk = 0`.
-  """
-  if not chunk:
-    logits_BxLxV, _ = model.apply({"params": params}, tokens_BxL)
-    return losses.token_logp_and_entropy(logits_BxLxV, tokens_BxL)
-  B, L = tokens_BxL.shape
-  zero_Bx1 = jnp.zeros((B, 1), jnp.float32)
-  x_BxLxD, _ = model.apply({"params": params}, tokens_BxL, return_hidden=True)
-  n = -(-(L - 1) // chunk)
-  pad = n * chunk - (L - 1)
-  x_NxBxCxD = jnp.pad(x_BxLxD[:, :-1], ((0, 0), (0, pad), (0, 0))).reshape(
-      B, n, chunk, -1).transpose(1, 0, 2, 3)
-  targets_NxBxC = jnp.pad(tokens_BxL[:, 1:], ((0, 0), (0, pad))).reshape(B, n, chunk).transpose(1, 0, 2)
-
-  @jax.checkpoint
-  def one(x_BxCxD, targets_BxC):
-    return losses.logp_and_entropy(head_logits(model.config, params, x_BxCxD), targets_BxC)
-
-  _, (logp_NxBxC, entropy_NxBxC) = jax.lax.scan(
-      lambda carry, xs: (carry, one(*xs)), None, (x_NxBxCxD, targets_NxBxC))
-  unchunk = lambda a_NxBxC: a_NxBxC.transpose(1, 0, 2).reshape(B, n * chunk)[:, :L - 1]
-  return (jnp.concatenate([zero_Bx1, unchunk(logp_NxBxC)], axis=1),
-          jnp.concatenate([zero_Bx1, unchunk(entropy_NxBxC)], axis=1))
 
 
 class _Backbone(nn.Module):

@@ -25,57 +25,57 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rlef_jax import logprobs as logprobs_lib
 from rlef_jax import losses
-from rlef_jax import model as model_lib
-
-_MISSING = object()
 
 MINIBATCH_KEYS = ("tokens_BxL", "policy_mask_BxL", "turn_id_BxL", "behaviour_logp_BxL",
                   "old_logp_BxL", "advantages_BxT", "returns_BxT", "old_values_BxT",
                   "value_index_BxT", "turn_mask_BxT")
 
 
-def _field(cfg: Any, name: str, default: Any = _MISSING) -> Any:
-  """Reads `cfg.name` from a ConfigDict, a dict or a dataclass; a missing field without default raises."""
-  if isinstance(cfg, dict):
-    value = cfg.get(name, default)
-  else:
-    value = getattr(cfg, name, default)
-  if value is _MISSING:
-    raise ValueError(f"the config has no field {name!r}; start from rlef_jax.config.base_config()")
-  return value
-
-
 @dataclasses.dataclass(frozen=True)
 class PPOSettings:
-  """The `config.rl` fields the update uses (paper App. A.1 values by default)."""
-  clip_eps: float = 0.2
-  value_clip: float = 0.2
-  kl_coef: float = 0.05
-  gamma: float = 1.0
-  kl_clamp: float = 20.0
-  advantage_norm: str = "batch"
-  behaviour_correction: bool = True
-  loss_aggregation: str = "token_mean"
-  logprob_chunk: int = 0
+  """The `config.rl` fields the PPO mathematics uses, typed: built once from the config by the trainer
+  (`from_config`) and passed down. No defaults here: every value comes from the config, whose
+  defaults live in `rlef_jax.config.base_config` alone; the checks of these fields live here alone
+  (`config.validate` calls `from_config`)."""
+  clip_eps: float
+  value_clip: float
+  kl_coef: float
+  gamma: float
+  kl_clamp: float
+  advantage_norm: str
+  behaviour_correction: bool
+  loss_aggregation: str
+  logprob_chunk: int
+
+  def __post_init__(self):
+    checks = (
+        (0 < self.clip_eps < 1, "clip_eps", "in (0, 1)"),
+        (self.value_clip > 0, "value_clip", "> 0"),
+        (self.kl_coef >= 0, "kl_coef", ">= 0"),
+        (0 < self.gamma <= 1, "gamma", "in (0, 1]"),
+        (self.kl_clamp >= 0, "kl_clamp", ">= 0 (0 = off)"),
+        (self.advantage_norm in ("batch", "none"), "advantage_norm", "'batch' or 'none'"),
+        (self.loss_aggregation in losses.AGGREGATIONS, "loss_aggregation",
+         f"one of {losses.AGGREGATIONS}"),
+        (self.logprob_chunk >= 0, "logprob_chunk", ">= 0 (0 = off)"),
+    )
+    for ok, name, want in checks:
+      if not ok:
+        raise ValueError(f"config.rl.{name} must be {want}, got {getattr(self, name)!r}")
 
   @classmethod
   def from_config(cls, rl_config: Any) -> "PPOSettings":
-    if isinstance(rl_config, cls):
-      return rl_config
-    s = cls(**{f.name: _field(rl_config, f.name, f.default) for f in dataclasses.fields(cls)})
-    if not 0 < s.clip_eps < 1:
-      raise ValueError(f"config.rl.clip_eps must be in (0, 1), got {s.clip_eps}")
-    if s.value_clip <= 0:
-      raise ValueError(f"config.rl.value_clip must be > 0, got {s.value_clip}")
-    if s.advantage_norm not in ("batch", "none"):
-      raise ValueError(f"config.rl.advantage_norm must be 'batch' or 'none', got {s.advantage_norm!r}")
-    if s.logprob_chunk < 0:
-      raise ValueError(f"config.rl.logprob_chunk must be >= 0 (0 = off), got {s.logprob_chunk}")
-    if s.loss_aggregation not in losses.AGGREGATIONS:
-      raise ValueError(f"config.rl.loss_aggregation must be one of {losses.AGGREGATIONS}, "
-                       f"got {s.loss_aggregation!r}")
-    return s
+    """From `config.rl` (a ConfigDict or a dict); a field it lacks is an error naming the field."""
+    return cls(**{f.name: _field(rl_config, f.name) for f in dataclasses.fields(cls)})
+
+
+def _settings(settings: Any) -> PPOSettings:
+  if not isinstance(settings, PPOSettings):
+    raise TypeError(f"expected PPOSettings (ppo.PPOSettings.from_config(config.rl)), got "
+                    f"{type(settings).__name__}")
+  return settings
 
 
 @flax.struct.dataclass
@@ -122,6 +122,14 @@ def learning_rate_schedule(peak: float, warmup_steps: int, after_warmup: str = "
 def _decay_mask(params):
   """[U] weight decay on matrices only (not RMSNorm scales or the value head's bias)."""
   return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
+
+
+def _field(cfg: Any, name: str) -> Any:
+  """`cfg.name` of a ConfigDict, a dict or a dataclass; a missing field is an error naming it."""
+  value = cfg.get(name) if isinstance(cfg, dict) else getattr(cfg, name, None)
+  if value is None:
+    raise ValueError(f"the config has no field {name!r}; start from rlef_jax.config.base_config()")
+  return value
 
 
 def make_optimizers(optim_config: Any, total_steps: Optional[int] = None
@@ -171,12 +179,7 @@ def make_logprob_fn(model: nn.Module, mesh: Optional[jax.sharding.Mesh] = None, 
 
   @jax.jit
   def logprobs(params, tokens_BxL):
-    if chunk:  # `chunk` positions' logits at a time (rlef_jax.model.token_logprobs)
-      return model_lib.token_logprobs(model, params, tokens_BxL, chunk)[0]
-    logits_BxLxV, _ = model.apply({"params": params}, tokens_BxL)
-    lse_BxL = jax.nn.logsumexp(logits_BxLxV[:, :-1], axis=-1)
-    picked_BxL = jnp.take_along_axis(logits_BxLxV[:, :-1], tokens_BxL[:, 1:, None], axis=-1)[..., 0]
-    return jnp.pad(picked_BxL - lse_BxL, ((0, 0), (1, 0)))
+    return logprobs_lib.token_logprobs(model, params, tokens_BxL, chunk)[0]
 
   return _under_mesh(logprobs, mesh)
 
@@ -196,14 +199,14 @@ def make_value_fn(value_model: nn.Module, mesh: Optional[jax.sharding.Mesh] = No
 
 def compute_turn_targets(task_rewards_BxT: jax.Array, policy_logp_BxL: jax.Array,
                          ref_logp_BxL: jax.Array, turn_id_BxL: jax.Array, turn_mask_BxT: jax.Array,
-                         values_BxT: jax.Array, rl_config: Any) -> dict[str, jax.Array]:
+                         values_BxT: jax.Array, settings: PPOSettings) -> dict[str, jax.Array]:
   """Per-turn KL, reward, return and advantage of a collection round (paper §2 and §3).
 
   KL_t = mean over turn t's tokens of (log π − log ρ); R_t = r_t − β·KL_t; G_t = Σ_{i≥t} γ^{i−t} R_i;
   A_t = G_t − V(c_t), normalised over the valid turns of the arrays passed in when
   `rl.advantage_norm == "batch"` (pass the whole round to normalise over the round).
   """
-  s = PPOSettings.from_config(rl_config)
+  s = _settings(settings)
   T = task_rewards_BxT.shape[1]
   kl_BxT = losses.turn_kl_BxT(policy_logp_BxL, ref_logp_BxL, turn_id_BxL, T,
                               clamp=s.kl_clamp if s.kl_clamp > 0 else None)
@@ -235,12 +238,8 @@ def _check_minibatch(batch: dict[str, Any], num_microbatches: int) -> dict[str, 
 
 def _policy_loss_fn(policy_model, s: PPOSettings):
   def loss_fn(params, mb):
-    if s.logprob_chunk:
-      logp_BxL, entropy_BxL = model_lib.token_logprobs(policy_model, params, mb["tokens_BxL"],
-                                                       s.logprob_chunk)
-    else:
-      logits_BxLxV, _ = policy_model.apply({"params": params}, mb["tokens_BxL"])
-      logp_BxL, entropy_BxL = losses.token_logp_and_entropy(logits_BxLxV, mb["tokens_BxL"])
+    logp_BxL, entropy_BxL = logprobs_lib.token_logprobs(policy_model, params, mb["tokens_BxL"],
+                                                        s.logprob_chunk)
     loss, metrics = losses.policy_loss(
         logp_BxL, mb["old_logp_BxL"], mb["behaviour_logp_BxL"], mb["advantages_BxL"],
         mb["token_weights_BxL"], s.clip_eps, s.behaviour_correction)
@@ -280,7 +279,7 @@ def _accumulate(grad_fn, params, micro: dict[str, jax.Array], num_microbatches: 
 
 def make_update_step(policy_model: nn.Module, value_model: nn.Module,
                      policy_opt: optax.GradientTransformation, value_opt: optax.GradientTransformation,
-                     rl_config: Any, mesh: Optional[jax.sharding.Mesh] = None,
+                     settings: PPOSettings, mesh: Optional[jax.sharding.Mesh] = None,
                      num_microbatches: int = 1
                      ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
   """`update(state, minibatch) -> (state, metrics)`: one AdamW step of policy and value (paper §3).
@@ -291,7 +290,7 @@ def make_update_step(policy_model: nn.Module, value_model: nn.Module,
   rules (activations constrained), the state keeps the shardings it arrives with and the batch is
   sharded over the data axes.
   """
-  s = PPOSettings.from_config(rl_config)
+  s = _settings(settings)
   if num_microbatches < 1:
     raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
   policy_grad = jax.value_and_grad(_policy_loss_fn(policy_model, s), has_aux=True)

@@ -49,7 +49,7 @@ import numpy as np
 
 from rlef_jax import estimators as est
 
-EVAL_DIR = "eval"  # rlef_jax.train.EVAL_DIR (not imported: train pulls in jax)
+EVAL_DIR = "eval"  # rlef_jax.evaluate.EVAL_DIR (not imported: evaluate pulls in jax)
 METRICS_FILE = "metrics.jsonl"  # rlef_jax.metrics.JSONL_NAME
 TRAIN_SOLVE_KEY = "solve/private"
 PAPER_TEMPERATURE = {"1@3": 0.2, "10@100": 1.0}  # paper §3.1

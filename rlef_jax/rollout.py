@@ -58,6 +58,10 @@ class RolloutStats:
   execution_wait_seconds: float = 0.0
   generated_tokens: int = 0
 
+  def __add__(self, other: "RolloutStats") -> "RolloutStats":
+    return RolloutStats(*(getattr(self, f.name) + getattr(other, f.name)
+                          for f in dataclasses.fields(self)))
+
   def as_metrics(self) -> dict[str, float]:
     total = max(self.seconds, 1e-9)
     return {"rollout/seconds": self.seconds,
@@ -233,11 +237,14 @@ class RolloutEngine:
 
   # -- a whole batch ----------------------------------------------------------------------------
   def run(self, params: Any, problems: Sequence[Any], rng: jax.Array,
-          feedback_problems: Optional[Sequence[Any]] = None) -> tuple[list[EpisodeRecord], RolloutStats]:
+          feedback_problems: Optional[Sequence[Any]] = None,
+          first_episode: Optional[int] = None) -> tuple[list[EpisodeRecord], RolloutStats]:
     """Runs one episode per entry of `problems` (repeat a problem for several samples).
 
     `feedback_problems`: the split the random-feedback ablation draws other problems from (paper
-    App. C.2); defaults to `problems`.
+    App. C.2); defaults to `problems`. `first_episode`: the number of this process's first episode
+    in the caller's numbering (episode numbers key the sampling, so an episode draws the same tokens
+    in whichever call or batch it runs); default: processes number their episodes in process order.
     """
     stats = RolloutStats()
     start = time.perf_counter()
@@ -262,7 +269,8 @@ class RolloutEngine:
     multiple //= processes
     num_groups = max(1, min(s.num_groups, -(-len(problems) // multiple)))
     bounds = np.linspace(0, len(problems), num_groups + 1).astype(int)
-    first_episode = jax.process_index() * len(problems)  # processes run equal numbers of episodes
+    if first_episode is None:  # processes run equal numbers of episodes
+      first_episode = jax.process_index() * len(problems)
     groups = []
     for g in range(num_groups):
       rows = list(range(bounds[g], bounds[g + 1]))

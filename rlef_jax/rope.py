@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
 
-if TYPE_CHECKING:
-  from rlef_jax.model import RopeScaling
+from rlef_jax.model_types import RopeScaling
 
 
 @functools.lru_cache(maxsize=64)
-def inv_freq(head_dim: int, theta: float, scaling: "RopeScaling | None") -> np.ndarray:
+def inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
   """The `[Dh/2]` float32 inverse frequencies `theta^(-2i/Dh)`, with Llama 3.1 scaling when given.
 
   `llama3` scaling (Llama 3.1 / 3.2) leaves high frequencies (wavelength below

@@ -2,7 +2,8 @@
 their log-probs under the current policy π_θold and the frozen reference ρ, the turn values, and the
 per-turn targets (KL-in-reward, returns, normalised advantages), plus the round's metrics.
 
-`run` is the trainer's `rlef_jax.train.Run` (this module reads its `config`, `mesh` and `tokenizer`).
+`run` is the `rlef_jax.experiment.Run` of the trainer (this module reads its `config`, `mesh`, `tokenizer`
+and `ppo_settings`).
 With several processes every function here returns the same arrays on every process: the round is
 gathered (`rlef_jax.distributed`) before it is scored.
 """
@@ -95,7 +96,7 @@ def make_round_batch(run: Any, state: ppo.TrainState, ref_params: Any,
   targets = ppo.compute_turn_targets(
       to_device(run, batch["task_rewards_BxT"]), to_device(run, old_logp * policy_mask),
       to_device(run, ref_logp * policy_mask), to_device(run, batch["turn_id_BxL"]),
-      to_device(run, batch["turn_mask_BxT"]), to_device(run, old_values), c.rl)
+      to_device(run, batch["turn_mask_BxT"]), to_device(run, old_values), run.ppo_settings)
   targets = {key: distributed.to_host(value) for key, value in targets.items()}
   batch.update(old_logp_BxL=old_logp, old_values_BxT=old_values,
                advantages_BxT=targets["advantages_BxT"], returns_BxT=targets["returns_BxT"])

@@ -22,11 +22,16 @@ Two forms (`config.warmstart.dialogue_turns`):
   shows). This stands in for the paper's starting point, an Instruct model that already uses feedback
   somewhat but unreliably; RLEF must then make it reliable.
 
+`reference_params(run, rng)` makes the frozen initial policy ρ of a workdir once (the initial params,
+then this warm start when `config.warmstart.enabled`) and reads it back afterwards; the trainer and
+this module's command both call it.
+
   python -m rlef_jax.warmstart --config=configs/tiny.py --workdir=DIR   (train runs it on its own too)
   python -m rlef_jax.evaluate --config=configs/tiny.py --workdir=DIR --checkpoint=warmstart
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -35,7 +40,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rlef_jax import checkpoint as checkpoint_lib
+from rlef_jax import cli
+from rlef_jax import commands
+from rlef_jax import distributed
 from rlef_jax import env as env_lib
+from rlef_jax import errors
+from rlef_jax import experiment
+from rlef_jax import sharding
 
 
 def sft_example(problem: Any, solution: str, tokenizer: Any, env_config: Any) -> tuple[list[int], int]:
@@ -122,11 +134,11 @@ def make_sft_step(model: Any, optimizer: optax.GradientTransformation) -> Callab
   return step
 
 
-def run(params: Any, model: Any, problems: Iterator[Any], tokenizer: Any, *, env_config: Any,
-        steps: int, lr: float, batch_size: int, context_length: int, seed: int,
-        dialogue_turns: int = 1, pool: Any = None, num_dialogues: int = 2048,
-        feedback_fraction: float = 0.0,
-        log: Callable[[int, dict[str, float]], None] | None = None) -> Any:
+def fine_tune(params: Any, model: Any, problems: Iterator[Any], tokenizer: Any, *, env_config: Any,
+              steps: int, lr: float, batch_size: int, context_length: int, seed: int,
+              dialogue_turns: int = 1, pool: Any = None, num_dialogues: int = 2048,
+              feedback_fraction: float = 0.0,
+              log: Callable[[int, dict[str, float]], None] | None = None) -> Any:
   """`steps` AdamW steps (linear warm-up over the first 10%, then cosine decay). `problems` yields
   (Problem, record) pairs. With `dialogue_turns == 1` each example is one problem with a random
   reference solution; otherwise `num_dialogues` feedback-blind dialogues are built first (needs the
@@ -162,7 +174,64 @@ def run(params: Any, model: Any, problems: Iterator[Any], tokenizer: Any, *, env
   return params
 
 
+# ---------------------------------------------------------------------------------------------
+# The frozen initial policy ρ of a workdir, and the warm-start command
+
+REFERENCE_DIR = "reference_params"   # the frozen initial policy ρ (after the warm start, if any)
+
+
+def reference_params(run: experiment.Run, rng: jax.Array) -> Any:
+  """The frozen initial policy ρ, made once per workdir (after the warm start when enabled)."""
+  ref_dir = os.path.join(run.workdir, REFERENCE_DIR)
+  shardings = sharding.param_shardings(run.policy_model, run.mesh)
+  # Process 0 decides for all: another host may look after process 0 has started writing it.
+  if distributed.allgather_objects(os.path.exists(ref_dir))[0]:
+    params, _ = checkpoint_lib.restore_params(ref_dir, shardings=shardings,
+                                              verify=run.config.train.verify_checkpoints)
+    return params
+  params = experiment.initial_policy_params(run, rng)
+  c = run.config
+  if c.warmstart.enabled and distributed.is_multiprocess():
+    raise errors.ConfigError("the supervised warm start (config.warmstart.enabled, a tiny-model phase) runs in "
+                             "one process: run it once with a single process on this workdir (it writes "
+                             f"{ref_dir}), or start from weights (config.model.init_checkpoint)")
+  if c.warmstart.enabled:
+    problems = experiment.problem_stream(run, seed=c.data.seed + 1)
+    form = ("statement -> solution, single turn" if c.warmstart.dialogue_turns == 1 else
+            f"dialogues of up to {c.warmstart.dialogue_turns} turns, feedback-following final answers: "
+            f"{c.warmstart.feedback_fraction:.0%}")
+    print(f"[warmstart] {c.warmstart.steps} supervised steps ({form})", flush=True)
+    params = fine_tune(
+        params, run.policy_model, problems, run.tokenizer, env_config=c.env, steps=c.warmstart.steps,
+        lr=c.warmstart.lr, batch_size=c.warmstart.batch_size,
+        context_length=c.sampling.max_context_length, seed=c.train.seed,
+        dialogue_turns=c.warmstart.dialogue_turns, pool=run.pool,
+        num_dialogues=c.warmstart.num_dialogues, feedback_fraction=c.warmstart.feedback_fraction,
+        log=lambda step, m: print(f"[warmstart] step {step}: " + ", ".join(
+            f"{k.split('/')[-1]} {v:.4g}" for k, v in m.items()), flush=True))
+  checkpoint_lib.save_params(ref_dir, params, metadata={"what": "initial policy (KL reference)"})
+  return params
+
+
+def main(argv: Sequence[str]) -> None:
+  """`python -m rlef_jax.warmstart`: the warm-start phase alone; writes WORKDIR/reference_params, which
+  `rlef_jax.train` on the same workdir then starts RL from (and `rlef_jax.evaluate
+  --checkpoint=warmstart` evaluates)."""
+  c, workdir = commands.command_args(argv)
+  if os.path.exists(os.path.join(workdir, REFERENCE_DIR)):
+    print(f"[warmstart] {workdir}/{REFERENCE_DIR} exists already; nothing to do", flush=True)
+    return
+  distributed.initialize(c)
+  run = experiment.build(c, workdir)
+  try:
+    if c.warmstart.enabled:
+      experiment.data_source(c, c.data.train_split)  # a bad dataset fails before the workdir is made
+    commands.make_workdir(workdir)
+    reference_params(run, experiment.run_rngs(c)[0])
+    print(f"[warmstart] wrote {workdir}/{REFERENCE_DIR}", flush=True)
+  finally:
+    run.close()
+
+
 if __name__ == "__main__":
-  from rlef_jax import cli  # pylint: disable=g-import-not-at-top
-  from rlef_jax import train as _train  # defines the shared flags
-  cli.run(_train.warmstart_main, required=["config"])
+  cli.run(main, required=["config"])

@@ -205,11 +205,11 @@ def test_nothing_is_written(results):
 
 def test_unreadable_workdir_is_refused(tmp_path, monkeypatch):
   """check_workdir refuses a directory this user cannot use (the CLI case above cannot run as root)."""
-  from rlef_jax import errors, train
+  from rlef_jax import commands, errors
   real_access = os.access
   monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode))
   with pytest.raises(errors.UserError, match="this user cannot read and write it"):
-    train.check_workdir(str(tmp_path))
+    commands.check_workdir(str(tmp_path))
 
 
 def test_a_bug_keeps_its_traceback():

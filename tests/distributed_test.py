@@ -248,9 +248,9 @@ def _load_train_worker():
 @pytest.fixture(scope="module")
 def synthetic_data_dir(tmp_path_factory):
   """The synthetic TFDS dataset prepared once here, so that the worker processes only read it."""
-  from rlef_jax import train as train_lib
+  from rlef_jax import experiment
   data_dir = tmp_path_factory.mktemp("tfds")
-  train_lib.data_source(_load_train_worker().tiny_config(str(data_dir)), "train")
+  experiment.data_source(_load_train_worker().tiny_config(str(data_dir)), "train")
   return str(data_dir)
 
 
@@ -319,9 +319,9 @@ def test_train_stops_and_resumes_in_two_processes(tmp_path, synthetic_data_dir):
   workdir = tmp_path / "workdir"
   episodes = (workdir / "eval" / "step_2_final.episodes.jsonl").read_text().splitlines()
   assert len(episodes) == 12
-  from rlef_jax import train as train_lib
+  from rlef_jax import experiment
   config = _load_train_worker().tiny_config(synthetic_data_dir)
-  names = [p.name for p in train_lib.eval_problems(config, config.eval.split, pool=None)]
+  names = [p.name for p in experiment.eval_problems(config, config.eval.split, pool=None)]
   assert len(names) == 3
   # Outcomes come back in problem order although processes ran different blocks.
   assert [json.loads(line)["problem"] for line in episodes] == names + [n for n in names for _ in range(3)]

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rlef_jax import logprobs
 from rlef_jax import losses
 
 B, L, T, V = 5, 23, 3, 11
@@ -196,7 +197,7 @@ def test_token_logp_and_entropy_match_numpy():
   rng = np.random.default_rng(6)
   logits = rng.normal(scale=3.0, size=(2, 7, V)).astype(np.float32)
   tokens = rng.integers(0, V, (2, 7)).astype(np.int32)
-  logp, entropy = losses.token_logp_and_entropy(jnp.asarray(logits), jnp.asarray(tokens))
+  logp, entropy = logprobs.token_logp_and_entropy(jnp.asarray(logits), jnp.asarray(tokens))
   for b in range(2):
     assert logp[b, 0] == 0.0 and entropy[b, 0] == 0.0
     for i in range(1, 7):

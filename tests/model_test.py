@@ -12,6 +12,7 @@ import pytest
 import transformers
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from rlef_jax import logprobs
 from rlef_jax import model as M
 from rlef_jax import sharding
 from jax.sharding import PartitionSpec as P
@@ -83,6 +84,16 @@ def test_num_params_llama31_8b_and_70b(scan):
                       **common)
   assert b8.num_params() == 8_030_261_248
   assert b70.num_params() == 70_553_706_496
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("scan", [False, True])
+def test_num_params_equals_the_initialised_shapes(tied, scan):
+  """`LlamaConfig.num_params` is a formula; the module's own abstract params must agree with it."""
+  import math
+  cfg = dataclasses.replace(TINY, tie_word_embeddings=tied, scan_layers=scan, head_dim=12)
+  shapes = jax.eval_shape(lambda: M.Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+  assert cfg.num_params() == sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
 
 
 def test_num_params_tied_counts_embedding_once():
@@ -217,7 +228,7 @@ def test_chunked_token_logprobs_equal_the_full_computation(tied, chunk):
   weights = jax.random.normal(jax.random.key(3), (2, 2, 11))
 
   def objective(p, c):
-    logp, entropy = M.token_logprobs(model, p, tokens, chunk=c)
+    logp, entropy = logprobs.token_logprobs(model, p, tokens, chunk=c)
     return jnp.sum(weights[0] * logp) + jnp.sum(weights[1] * entropy), (logp, entropy)
 
   (want, (logp, entropy)), want_grads = jax.value_and_grad(objective, has_aux=True)(params, 0)

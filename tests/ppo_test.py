@@ -17,8 +17,14 @@ POLICY = model_lib.Llama(CFG)
 VALUE = model_lib.LlamaValue(CFG)
 OPTIM = dict(lr=3e-3, value_lr=3e-3, weight_decay=0.1, warmup_steps=0, schedule_after_warmup="constant",
              b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=1.0)
-RL = dict(clip_eps=0.2, value_clip=0.2, kl_coef=0.05, gamma=1.0, kl_clamp=20.0,
-          advantage_norm="batch", behaviour_correction=True)
+RL_FIELDS = dict(clip_eps=0.2, value_clip=0.2, kl_coef=0.05, gamma=1.0, kl_clamp=20.0,
+                 advantage_norm="batch", behaviour_correction=True, loss_aggregation="token_mean",
+                 logprob_chunk=0)
+RL = ppo.PPOSettings.from_config(RL_FIELDS)
+
+
+def _rl(**changes) -> ppo.PPOSettings:
+  return ppo.PPOSettings.from_config(dict(RL_FIELDS, **changes))
 
 
 LOGPROB = ppo.make_logprob_fn(POLICY)
@@ -35,7 +41,7 @@ def adam_update():
 
 @pytest.fixture(scope="module")
 def sgd_update():
-  return ppo.make_update_step(POLICY, VALUE, *SGD, dict(RL, loss_aggregation="turn_mean"))
+  return ppo.make_update_step(POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"))
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +175,7 @@ def test_microbatched_update_equals_one_pass(nets, sgd_update):
   batch = _minibatch(nets, seed=5)
   outs = []
   for update in (sgd_update, ppo.make_update_step(
-      POLICY, VALUE, *SGD, dict(RL, loss_aggregation="turn_mean"), num_microbatches=2)):
+      POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"), num_microbatches=2)):
     state, metrics = update(_state(nets, SGD), batch)
     outs.append(jax.device_get((state.policy_params, state.value_params, metrics)))
   for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
@@ -181,7 +187,7 @@ def test_chunked_logprobs_update_equals_one_pass(nets, sgd_update):
   multiple) under jax.checkpoint give the same update, and the scoring log-probs are the same."""
   batch = _minibatch(nets, seed=7)
   chunked = ppo.make_update_step(POLICY, VALUE, *SGD,
-                                 dict(RL, loss_aggregation="turn_mean", logprob_chunk=5))
+                                 _rl(loss_aggregation="turn_mean", logprob_chunk=5))
   outs = [jax.device_get(update(_state(nets, SGD), batch)) for update in (sgd_update, chunked)]
   (want_state, want_metrics), (got_state, got_metrics) = outs
   assert set(got_metrics) == set(want_metrics)
@@ -213,7 +219,7 @@ def test_sharded_update_equals_unsharded(nets, sgd_update):
           optimizers[0], p_shard, sharding.abstract_params(POLICY), mesh)),
       value_opt_state=jax.device_put(state.value_opt_state, sharding.opt_state_shardings(
           optimizers[1], v_shard, sharding.abstract_params(VALUE), mesh)))
-  update = ppo.make_update_step(POLICY, VALUE, *optimizers, dict(RL, loss_aggregation="turn_mean"),
+  update = ppo.make_update_step(POLICY, VALUE, *optimizers, _rl(loss_aggregation="turn_mean"),
                                 mesh=mesh)
   sharded_logp = ppo.make_logprob_fn(POLICY, mesh=mesh)(state.policy_params, batch["tokens_BxL"])
   np.testing.assert_allclose(sharded_logp, batch["old_logp_BxL"], rtol=1e-5, atol=1e-5)
@@ -249,7 +255,7 @@ def test_settings_come_from_the_project_config():
   policy_opt, value_opt = ppo.make_optimizers(cfg.optim, total_steps=cfg.train.num_updates)
   assert policy_opt is not None and value_opt is not None
   with pytest.raises(ValueError, match="config.rl.advantage_norm"):
-    ppo.PPOSettings.from_config(dict(RL, advantage_norm="episode"))
+    ppo.PPOSettings.from_config(dict(RL_FIELDS, advantage_norm="episode"))
 
 
 def test_bad_minibatch_is_rejected(nets, adam_update):

@@ -32,7 +32,7 @@ def smollm2_config(checkpoint_dir, data_dir):
   c.sampling.max_context_length = 1024
   # Batches are multiples of the data-parallel size: the test process has 8 CPU devices (conftest)
   # and SmolLM2's 9/3 heads allow no tensor parallelism over them.
-  c.mesh.data = 1  # params and Adam states sharded over the 8 devices: replicated they need ~30 GB
+  c.mesh.data = 1  # params and Adam states sharded over the 8 devices
   c.mesh.fsdp = -1
   c.rl.rollouts_per_round = 16
   c.rl.minibatch_size = 8

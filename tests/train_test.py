@@ -17,6 +17,7 @@ import pytest
 
 from rlef_jax import metrics as metrics_lib
 from rlef_jax import round_batch
+from rlef_jax import experiment
 from rlef_jax import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -140,7 +141,7 @@ def test_metrics_hold_what_the_issue_asks_for(uninterrupted):
 @pytest.mark.slow  # about 90 s on 2 busy cores: a fresh process compiles everything again
 def test_sigterm_writes_a_final_checkpoint_and_exits_zero(tmp_path, data_dir):
   # Make sure the dataset exists before the child starts (the in-process runs may not have run).
-  train_lib.data_source(tiny_config(data_dir), "train")
+  experiment.data_source(tiny_config(data_dir), "train")
   flags = [f"--config.{k}={v}" for k, v in
            {**OVERRIDES, "data.data_dir": data_dir, "train.num_updates": 400,
             "warmstart.steps": 1}.items()]
@@ -193,7 +194,7 @@ def test_a_corrupted_latest_checkpoint_is_refused_on_resume(tmp_path, data_dir, 
 
 def test_sliced_split_must_name_a_real_split(data_dir):
   with pytest.raises(ValueError, match="no split 'trian"):
-    train_lib.data_source(tiny_config(data_dir), "trian[:8]")
+    experiment.data_source(tiny_config(data_dir), "trian[:8]")
 
 
 def test_a_url_workdir_is_refused_not_turned_into_a_local_directory(tmp_path, data_dir, monkeypatch):
@@ -208,7 +209,7 @@ def test_scoring_by_length_chunks_equals_scoring_the_whole_round(tmp_path, data_
   chunk's longest, give the whole-round log-probs and values wherever an episode has tokens."""
   from rlef_jax import model as model_lib, ppo, sharding
   config = tiny_config(data_dir)
-  run = train_lib.build(config, str(tmp_path))
+  run = experiment.build(config, str(tmp_path))
   try:
     rng = np.random.default_rng(0)
     B, L, T = 8, 320, 3

@@ -135,7 +135,7 @@ def test_sft_loss_is_the_mean_response_cross_entropy(tokenizer, pairs, model, pa
 
 def test_a_few_steps_lower_the_loss(tokenizer, pairs, model, params):
   logged = {}
-  out = warmstart.run(params, model, itertools.cycle(pairs), tokenizer,
+  out = warmstart.fine_tune(params, model, itertools.cycle(pairs), tokenizer,
                       env_config=env_lib.default_env_config(), steps=21, lr=1e-2, batch_size=4,
                       context_length=512, seed=0, log=lambda s, m: logged.update({s: m["warmstart/loss"]}))
   assert sorted(logged) == [0, 20]

@@ -7,7 +7,7 @@ separator '-', else -1; after each round of two updates the share of '-' answers
 """
 import sys
 import dataclasses, numpy as np, jax, jax.numpy as jnp
-from rlef_jax import train as T, rollout, ppo, model as model_lib, synthetic, env as env_lib
+from rlef_jax import experiment, round_batch, warmstart, rollout, ppo, model as model_lib, synthetic, env as env_lib
 from configs import tiny
 from absl import flags
 flags.FLAGS(["x"])
@@ -15,15 +15,15 @@ c = tiny.get_config()
 c.env.max_turns = 1
 c.optim.lr = 3e-4
 c.optim.warmup_steps = 0
-run = T.build(c, sys.argv[1])
-ref = T.reference_params(run, jax.random.key(0))
+run = experiment.build(c, sys.argv[1])
+ref = warmstart.reference_params(run, jax.random.key(0))
 policy_opt, value_opt = ppo.make_optimizers(c.optim, total_steps=100)
 vp = model_lib.value_params_from_policy(ref, jax.random.key(1), run.llama_config)
 pp = jax.tree.map(lambda x: jnp.array(x, copy=True), ref)
 state = ppo.init_train_state(pp, vp, policy_opt, value_opt, jax.random.key(2))
-engine = rollout.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool, c.env, T.rollout_settings(c, evaluation=False), run.mesh)
+engine = rollout.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool, c.env, experiment.rollout_settings(c, evaluation=False), run.mesh)
 fns = {"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh), "value": ppo.make_value_fn(run.value_model, mesh=run.mesh)}
-update = ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt, c.rl, mesh=run.mesh)
+update = ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt, run.ppo_settings, mesh=run.mesh)
 recs = synthetic.generate_problems(64, 5)
 probs = [env_lib.Problem.from_record("synthetic", r, env_config=c.env) for r in recs]
 def frac_dash(records):
@@ -37,7 +37,7 @@ for rnd in range(8):
         good = (ep.turns[0].code or "").startswith("print('-'")
         turns = (dataclasses.replace(ep.turns[0], task_reward=1.0 if good else -1.0),)
         new.append(dataclasses.replace(r, episode=dataclasses.replace(ep, turns=turns)))
-    batch, _ = T.make_round_batch(run, state, ref, new, fns)
+    batch, _ = round_batch.make_round_batch(run, state, ref, new, fns)
     for k in range(2):
         rows = np.arange(k * 32, (k + 1) * 32)
         state, m = update(state, {key: jnp.asarray(batch[key][rows]) for key in ppo.MINIBATCH_KEYS})

@@ -42,7 +42,7 @@ QUICK_ENV = "RLEF_NOTEBOOK_QUICK"
 RUNS_ENV = "RLEF_NOTEBOOK_RUNS"
 RUN_MARKER = "notebook_run.json"
 EVALS_MARKER = "notebook_evals.json"
-REFERENCE_DIR = "reference_params"  # rlef_jax.train.REFERENCE_DIR
+REFERENCE_DIR = "reference_params"  # rlef_jax.warmstart.REFERENCE_DIR
 if str(REPO_ROOT) not in sys.path:  # rlef_jax from this checkout, also when it is not installed
   sys.path.insert(0, str(REPO_ROOT))
 

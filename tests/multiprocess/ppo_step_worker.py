@@ -87,7 +87,8 @@ def run(out: str, steps: int, fsdp: int, tensor: int, devices=None, plan_source:
   with sharding.use_mesh(mesh):
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(0))
 
-  update = ppo.make_update_step(policy_model, value_model, policy_opt, value_opt, cfg.rl, mesh=mesh)
+  update = ppo.make_update_step(policy_model, value_model, policy_opt, value_opt,
+                                 ppo.PPOSettings.from_config(cfg.rl), mesh=mesh)
   full_batch = fixed_minibatch()
   batch_sharding = sharding.data_sharding(mesh, 2)
   rows = distributed.local_rows(batch_sharding, full_batch["tokens_BxL"].shape)

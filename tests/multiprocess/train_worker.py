@@ -63,11 +63,11 @@ def round_part(out: str, data_dir: str) -> None:
   import jax
   from jax.experimental import multihost_utils
   from rlef_jax import model as model_lib, ppo, rollout as rollout_lib, round_batch, sharding
-  from rlef_jax import train as train_lib
+  from rlef_jax import experiment
   from rlef_jax.data import records as records_lib
 
   config = tiny_config(data_dir)
-  run = train_lib.build(config, os.path.join(out, "unused_workdir"))
+  run = experiment.build(config, os.path.join(out, "unused_workdir"))
   try:
     rng = jax.random.key(0)
     ref_params = sharding.init_params(run.policy_model, run.mesh, rng)
@@ -82,12 +82,12 @@ def round_part(out: str, data_dir: str) -> None:
     state = ppo.init_train_state(policy_params, value_params, policy_opt, value_opt, rng)
     state = round_batch.on_mesh(state, run.mesh)
 
-    source = train_lib.data_source(config, "train[:8]")
-    problems = train_lib.to_problems([records_lib.decode_example(source[i]) for i in range(EPISODES)],
+    source = experiment.data_source(config, "train[:8]")
+    problems = experiment.to_problems([records_lib.decode_example(source[i]) for i in range(EPISODES)],
                                      config, run.pool)
     per = EPISODES // jax.process_count()
     mine = problems[jax.process_index() * per:(jax.process_index() + 1) * per]
-    settings = train_lib.rollout_settings(config, evaluation=False)
+    settings = experiment.rollout_settings(config, evaluation=False)
     settings = rollout_lib.RolloutSettings(**{**settings.__dict__, "num_groups": 1})
     engine = rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
                                        config.env, settings, run.mesh)
@@ -96,7 +96,7 @@ def round_part(out: str, data_dir: str) -> None:
            "value": ppo.make_value_fn(run.value_model, mesh=run.mesh)}
     batch, round_metrics = round_batch.make_round_batch(run, state, ref_params, records, fns)
     update = ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt,
-                                  config.rl, mesh=run.mesh)
+                                  run.ppo_settings, mesh=run.mesh)
     minibatch = {k: round_batch.to_device(run, batch[k]) for k in ppo.MINIBATCH_KEYS}
     state, update_metrics = update(state, minibatch)
     params = multihost_utils.process_allgather(state.policy_params, tiled=True)
