@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rlef_jax import errors
 from rlef_jax import rollout as rollout_lib
 
 BOOTSTRAP_RESAMPLES = 200  # paper §5.1 (config.eval.bootstrap_resamples)
@@ -148,9 +149,10 @@ def write_results(directory: str, name: str, summary: dict[str, Any],
                   outcomes: Sequence[dict[str, Any]]) -> str:
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f"{name}.json")
-  with open(path, "w") as f:
+  with errors.writing(path), open(path, "w") as f:
     json.dump(summary, f, indent=2)
-  with open(os.path.join(directory, f"{name}.episodes.jsonl"), "w") as f:
+  episodes = os.path.join(directory, f"{name}.episodes.jsonl")
+  with errors.writing(episodes), open(episodes, "w") as f:
     for o in outcomes:
       f.write(json.dumps(o) + "\n")
   return path
