@@ -7,14 +7,19 @@ A full disk is injected with RLIMIT_FSIZE in a child process: a write past the l
 writes (tensorstore in orbax's background thread, a plain file). `/dev/full` gives a real ENOSPC where
 one file descriptor is enough.
 """
+import concurrent.futures
 import errno
 import io
 import json
+import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -22,9 +27,15 @@ import pytest
 
 from rlef_jax import checkpoint
 from rlef_jax import cli
+from rlef_jax import env as env_lib
 from rlef_jax import errors
 from rlef_jax import metrics as metrics_lib
+from rlef_jax import model as model_lib
+from rlef_jax import rollout as rollout_lib
+from rlef_jax import sampler as sampler_lib
+from rlef_jax import synthetic
 from rlef_jax import train as train_lib
+from rlef_jax.execution import ExecutionPool, Verdict
 from train_test import OVERRIDES, _checkpoint_state, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -181,6 +192,155 @@ def test_metrics_out_of_space_names_the_file_and_leaves_whole_lines(tmp_path):
   with metrics_lib.MetricsWriter(str(tmp_path), total_steps=100, resume_step=40, stream=io.StringIO()) as w:
     w.write(41, {"reward/task_mean": 0.25})
   assert [l["step"] for l in metrics_lib.read_jsonl(path)] == list(range(1, 42))
+
+
+# ---------------------------------------------------------------------------------------------
+# A sandbox killed mid-round: its tests fail, the round completes, the pool recovers
+
+SLEEPER = "rlef_sleeper"  # /proc/PID/comm of a test process that waits to be found (15 chars at most)
+
+
+def _sleeper(program, seconds):
+  """`program` after a pause, under a name the test can find it by from outside the sandbox."""
+  return (f"import ctypes, time\nctypes.CDLL(None).prctl(15, {SLEEPER.encode()!r}, 0, 0, 0)\n"  # PR_SET_NAME
+          f"time.sleep({seconds})\n" + program)
+
+
+def _pids_named(name):
+  pids = []
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/comm") as f:
+          if f.read().strip() == name:
+            pids.append(int(entry))
+      except OSError:
+        pass
+  return pids
+
+
+def _parent(pid):
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      return int(next(l for l in f if l.startswith("PPid:")).split()[1])
+  except (OSError, StopIteration):
+    return 0
+
+
+def _sandbox_of(pid):
+  """This process's child (the sandbox: bwrap, or the runner) that `pid` descends from, or None."""
+  me = os.getpid()
+  while pid > 1:
+    parent = _parent(pid)
+    if parent == me:
+      return pid
+    pid = parent
+  return None
+
+
+class _SandboxKiller(threading.Thread):
+  """SIGKILLs, from outside, the sandbox of every test process named `SLEEPER` (polling /proc)."""
+
+  def __init__(self):
+    super().__init__(daemon=True)
+    self.done = threading.Event()
+    self.killed = {}  # sandbox pid -> the sleeper found in it
+
+  def run(self):
+    while not self.done.is_set():
+      for pid in _pids_named(SLEEPER):
+        box = _sandbox_of(pid)
+        if box is not None and box not in self.killed:
+          os.kill(box, signal.SIGKILL)
+          self.killed[box] = pid
+      self.done.wait(0.02)
+
+
+def _scripted_generate(responses):
+  """Stands in for `sampler.generate`: row b answers `responses[b]` (token ids) every turn. The rollout
+  engine around it (chunks, the environment, the pool's jobs, feedback, final scoring) is the real one."""
+  def generate(params, cache, new_BxL, num_new_B, keys, *, max_new_tokens, pad_id, active_B, **unused):
+    del params, new_BxL, keys, max_new_tokens, unused
+    active_B, num_new_B = np.asarray(active_B), np.asarray(num_new_B)
+    rows = [responses[b] if active_B[b] else [] for b in range(len(active_B))]
+    tokens_BxT = np.full((len(rows), max(map(len, rows))), pad_id, np.int32)
+    for b, row in enumerate(rows):
+      tokens_BxT[b, :len(row)] = row
+    logp_BxT = np.zeros(tokens_BxT.shape, np.float32)
+    cache = cache.replace(lengths_B=cache.lengths_B + num_new_B)  # the response is fed with the next chunk
+    return sampler_lib.SampleOutput(tokens_BxT, logp_BxT, logp_BxT, np.array([len(r) for r in rows]),
+                                    active_B, np.zeros_like(active_B), cache)
+  return generate
+
+
+def _run_round(engine, problems, seed):
+  """`engine.run` with a time limit: a pool that does not recover fails the test instead of hanging."""
+  one = concurrent.futures.ThreadPoolExecutor(1)
+  try:
+    return one.submit(engine.run, None, problems, jax.random.key(seed)).result(timeout=300)[0]
+  finally:
+    one.shutdown(wait=False)
+
+
+def test_a_sandbox_killed_mid_round_fails_only_its_tests_and_the_pool_recovers(synthetic_tok, monkeypatch):
+  """Episodes whose programs would pass (a pause, then a correct solution) have their sandboxes
+  SIGKILLed from outside while their tests run: the round completes without an exception, their tests
+  are recorded as failures ("sandbox crashed"), the other episodes of the round pass, no test process
+  is left behind, and the next round on the same pool passes, the same slow programs included."""
+  tok = synthetic_tok
+  records = synthetic.generate_problems(4, seed=3)
+  problems = [env_lib.Problem.from_record("synthetic", r) for r in records]
+  right = [synthetic.response_text(r["solutions"][0]) for r in records]
+  slow = [synthetic.response_text(_sleeper(r["solutions"][0], 0.5)) for r in records]
+  ids = lambda text: [*tok.encode(text), tok.eot_id]
+
+  llama_config = model_lib.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+                                       num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                                       rope_theta=10000.0, max_position_embeddings=2048)
+  env_config = env_lib.default_env_config()
+  env_config.max_turns = 2
+  settings = rollout_lib.RolloutSettings(max_new_tokens=128, max_context_length=2048, temperature=1.0,
+                                         top_p=1.0, num_groups=1)
+  monkeypatch.setattr(rollout_lib.sampler_lib, "prepare", lambda params, config: (params, None))
+
+  with ExecutionPool(workers=2) as pool:
+    engine = rollout_lib.RolloutEngine(None, llama_config, tok, pool, env_config, settings)
+    # Round 1: problems 0 and 2 answer slowly and are killed; 1 and 3 answer at once.
+    monkeypatch.setattr(rollout_lib.sampler_lib, "generate", _scripted_generate(
+        [ids(slow[0]), ids(right[1]), ids(slow[2]), ids(right[3])]))
+    killer = _SandboxKiller()
+    killer.start()
+    try:
+      round_1 = _run_round(engine, problems, 0)
+    finally:
+      killer.done.set()
+      killer.join()
+
+    # Two turns of public tests and the final tests of each slow episode: six jobs, each killed.
+    assert len(killer.killed) == 6, killer.killed
+    for k in (0, 2):
+      episode = round_1[k].episode
+      assert not episode.solved and episode.task_rewards[-1] == env_config.failure_reward
+      jobs = [t.public_result for t in episode.turns] + [episode.final_result]
+      assert len(jobs) == 3
+      for job in jobs:
+        assert not job.passed
+        assert any(c.verdict == Verdict.RUNTIME_ERROR and c.error == "The sandbox crashed while running "
+                   "this test." for c in job.cases), job
+      assert "The sandbox crashed" in episode.turns[0].feedback
+    for k in (1, 3):
+      assert round_1[k].episode.solved and len(round_1[k].episode.turns) == 1
+    left = lambda: set(killer.killed.values()) & set(_pids_named(SLEEPER))
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+      time.sleep(0.1)
+    assert not left(), "test processes of killed sandboxes are still running"
+
+    # Round 2, same pool, nothing killed: every episode passes, a slow one included.
+    monkeypatch.setattr(rollout_lib.sampler_lib, "generate", _scripted_generate(
+        [ids(slow[0]), ids(right[1]), ids(right[2]), ids(right[3])]))
+    round_2 = _run_round(engine, problems, 1)
+    assert [r.episode.solved for r in round_2] == [True] * 4
 
 
 # ---------------------------------------------------------------------------------------------
