@@ -8,14 +8,17 @@ writes (tensorstore in orbax's background thread, a plain file). `/dev/full` giv
 one file descriptor is enough.
 """
 import concurrent.futures
+import ctypes
 import errno
 import io
 import json
 import os
 import pathlib
 import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -36,7 +39,7 @@ from rlef_jax import sampler as sampler_lib
 from rlef_jax import synthetic
 from rlef_jax import train as train_lib
 from rlef_jax.execution import ExecutionPool, Verdict
-from train_test import OVERRIDES, _checkpoint_state, tiny_config
+from train_test import OVERRIDES, _checkpoint_state, _without_timing, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NO_SPACE = "(the disk is full, or a disk quota or file size limit is reached)"
@@ -375,6 +378,115 @@ def _finish(proc, log, timeout=900):
       proc.kill()
       proc.wait()
   return pathlib.Path(log).read_text()
+
+
+_IN_CREATE = 0x100
+
+
+def _created(directory, proc):
+  """Names created in `directory` (inotify, so that none is missed however briefly it exists), as
+  they are created, until `proc` ends."""
+  libc = ctypes.CDLL(None, use_errno=True)
+  fd = libc.inotify_init1(os.O_CLOEXEC)
+  if fd < 0 or libc.inotify_add_watch(fd, os.fsencode(directory), _IN_CREATE) < 0:
+    raise OSError(ctypes.get_errno(), f"inotify on {directory}")
+  try:
+    while proc.poll() is None:
+      if not select.select([fd], [], [], 0.5)[0]:
+        continue
+      data, i = os.read(fd, 1 << 16), 0
+      while i < len(data):
+        _, _, _, size = struct.unpack_from("iIII", data, i)
+        yield data[i + 16:i + 16 + size].rstrip(b"\0").decode()
+        i += 16 + size
+  finally:
+    os.close(fd)
+
+
+def _stopped(pid, timeout=10):
+  """Waits until every thread of `pid` is stopped (SIGSTOP is delivered asynchronously)."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    states = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+      try:
+        with open(f"/proc/{pid}/task/{task}/stat") as f:
+          states.append(f.read().rsplit(")", 1)[1].split()[0])
+      except OSError:
+        pass
+    if states and all(s in "tT" for s in states):
+      return
+    time.sleep(0.001)
+  raise AssertionError(f"process {pid} did not stop")
+
+
+def _sigkill_during_a_save(proc, checkpoints, first_step):
+  """SIGKILLs the trainer `proc` while orbax writes checkpoint `first_step` or a later one, and
+  returns that step.
+
+  The moment orbax creates the step's temporary directory `STEP.orbax-checkpoint-tmp` the trainer is
+  stopped (SIGSTOP), and killed if the save is still under way (no `STEP` yet; a save takes ~1 s
+  here, so this is the case unless the machine is very busy), else resumed to try the next save."""
+  deadline = time.monotonic() + 600
+  while not checkpoints.is_dir():
+    assert proc.poll() is None and time.monotonic() < deadline, "the trainer ended before its first save"
+    time.sleep(0.05)
+  for name in _created(checkpoints, proc):
+    match = re.fullmatch(r"(\d+)\.orbax-checkpoint-tmp", name)
+    if not match or int(match.group(1)) < first_step:
+      continue
+    step = int(match.group(1))
+    os.kill(proc.pid, signal.SIGSTOP)
+    _stopped(proc.pid)
+    if not (checkpoints / str(step)).exists():
+      os.kill(proc.pid, signal.SIGKILL)
+      proc.wait()
+      return step
+    os.kill(proc.pid, signal.SIGCONT)
+  raise AssertionError("the trainer ended without a save to kill")
+
+
+@pytest.mark.slow  # about 4 min on 2 busy cores: three trainer processes, each compiling everything
+def test_a_trainer_killed_during_a_checkpoint_save_resumes_to_the_same_result(tmp_path, data_dir):
+  """SIGKILL of the real trainer while it writes a checkpoint: the next start resumes from the last
+  complete one, and the run ends with the parameters, optimizer state, metrics and final evaluation
+  of a run that was never interrupted."""
+  args = dict(data_dir=data_dir, **{"train.num_updates": 4, "train.checkpoint_every": 1})
+  straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+  straight = _start(_train_command(straight_dir, **args), tmp_path / "straight.log")
+  killed = _start(_train_command(killed_dir, **args), tmp_path / "killed.log")
+  try:
+    step = _sigkill_during_a_save(killed, killed_dir / "checkpoints", first_step=2)
+  finally:
+    if killed.poll() is None:
+      killed.kill()
+  text = _finish(killed, tmp_path / "killed.log")
+  assert killed.returncode == -signal.SIGKILL, text
+  checkpoints = killed_dir / "checkpoints"
+  assert (checkpoints / f"{step}.orbax-checkpoint-tmp").is_dir() and not (checkpoints / str(step)).exists()
+  assert (checkpoints / str(step - 1) / checkpoint.MANIFEST).is_file()
+
+  resumed = _start(_train_command(killed_dir, **args), tmp_path / "resumed.log")
+  text = _finish(resumed, tmp_path / "resumed.log")
+  assert resumed.returncode == 0, text
+  assert f"[train] resumed from step {step - 1} in {killed_dir}" in text
+  text = _finish(straight, tmp_path / "straight.log")
+  assert straight.returncode == 0, text
+
+  step_a, state_a = _checkpoint_state(killed_dir)
+  step_b, state_b = _checkpoint_state(straight_dir)
+  assert step_a == step_b == 4
+  assert state_a.keys() == state_b.keys()
+  assert any("policy_params" in k for k in state_a) and any("opt_state" in k for k in state_a)
+  for key in state_a:
+    np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
+  lines_a = metrics_lib.read_jsonl(killed_dir / "metrics.jsonl")
+  lines_b = metrics_lib.read_jsonl(straight_dir / "metrics.jsonl")
+  assert [l["step"] for l in lines_a] == [1, 2, 3, 4]
+  assert _without_timing(lines_a) == _without_timing(lines_b)
+  final = lambda d: {k: v for k, v in json.loads((d / "eval" / "step_4_final.json").read_text()).items()
+                     if not k.endswith("seconds")}
+  assert final(killed_dir) == final(straight_dir)
 
 
 @pytest.fixture(scope="module")
