@@ -70,7 +70,10 @@ def run(main: Callable[[Sequence[str]], Any], *, required: Sequence[str] = ()) -
     if e.code == NO_SPACE_EXIT_STATUS:
       # The line is printed. A failed asynchronous save leaves orbax's write tasks behind, and the
       # interpreter reports each one it drops while shutting down: that would bury the line.
-      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+      try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+      except (AttributeError, OSError, ValueError):  # a stderr without a file descriptor
+        pass
     raise
 
 
