@@ -50,14 +50,25 @@ directory on shared storage) and checked on restore.
   minute or more for 8B (~100 GB, plus the time to read it from disk).
   `config.train.verify_checkpoints = False` skips the check on restore (manifests are still
   written).
+
+Out of space (issue 14): a save that fails because the disk is full (or a quota or file size limit is
+reached) never becomes a step (orbax renames only finished saves), so the steps before it stay
+complete and restorable. An asynchronous save fails in orbax's background thread and surfaces at the
+next `save` or `wait`; either raises `errors.OutOfSpaceError` naming the file and the step that was
+not written and the newest complete one (which `rlef_jax.cli` prints as one line). The failure's
+aftermath is kept off stderr (`_quiet_out_of_space_logs`): orbax's and asyncio's log records that
+carry an out-of-space failure, and the 'Event loop is closed' of each tensorstore write orbax left in
+flight; the raised error reports the failure once.
 """
 
 from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 from typing import Any, Callable, Mapping
@@ -115,7 +126,7 @@ def write_manifest(directory: str | os.PathLike) -> None:
   manifest = {"format": _MANIFEST_FORMAT,
               "files": {r: {"size": n, "sha256": h} for r, n, h in zip(rels, sizes, digests)}}
   tmp = os.path.join(directory, MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
+  with errors.writing(tmp), open(tmp, "w") as f:
     json.dump(manifest, f, indent=1, sort_keys=True)
     f.flush()
     os.fsync(f.fileno())
@@ -181,6 +192,44 @@ class _ManifestTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
     return await super().finalize(*args, **kwargs)
 
 
+class _DropOutOfSpaceTracebacks(logging.Filter):
+  """Drops log records carrying an out-of-space failure (see the module docstring): the caller gets
+  that failure raised, once, naming the file."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    failure = record.exc_info[1] if record.exc_info else None
+    return failure is None or errors.out_of_space(failure) is None
+
+
+def _is_closed_loop_callback(unraisable: Any) -> bool:
+  """An asyncio callback that reached a closed event loop: tensorstore writes still in flight when a
+  failed save's loop was closed (orbax does not cancel them)."""
+  tb = unraisable.exc_traceback
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed" and tb is not None
+          and os.path.basename(os.path.dirname(tb.tb_frame.f_code.co_filename)) == "asyncio")
+
+
+def _quiet_out_of_space_logs() -> None:
+  """Keeps a failed save's aftermath off stderr, where its one error line should be: orbax logs the
+  failure from each failed thread (absl), asyncio logs the failure of each write task it drops, and
+  each write completing after the failure prints 'Event loop is closed' (sys.unraisablehook)."""
+  for name in ("absl", "asyncio"):  # orbax logs through absl.logging
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _DropOutOfSpaceTracebacks) for f in logger.filters):
+      logger.addFilter(_DropOutOfSpaceTracebacks())
+  if not getattr(sys.unraisablehook, "_rlef_quiet", False):
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+      if not _is_closed_loop_callback(unraisable):
+        previous(unraisable)
+    hook._rlef_quiet = True
+    sys.unraisablehook = hook
+
+
 def _encode_json(value: Any) -> Any:
   """Makes bytes (e.g. a Grain iterator state) JSON-able by tagging them as base64 strings."""
   if isinstance(value, (bytes, bytearray)):
@@ -244,7 +293,8 @@ def save_params(directory: str | os.PathLike, params: Any, *, metadata: dict) ->
     raise FileExistsError(f"save_params: {directory} already exists; choose a new directory or "
                           "delete it first")
   _check_json("save_params metadata", metadata)
-  with _params_checkpointer() as ckptr:
+  _quiet_out_of_space_logs()
+  with errors.writing(directory, f"{directory} was not written"), _params_checkpointer() as ckptr:
     ckptr.save(directory, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         metadata=ocp.args.JsonSave(_encode_json(metadata))))
@@ -331,6 +381,8 @@ class Checkpointer:
       raise ValueError(f"Checkpointer max_to_keep must be >= 1 or None (keep all), got {max_to_keep}")
     self.directory = os.path.abspath(os.fspath(directory))
     self.verify = verify
+    self._saving: int | None = None  # the step of the last save started (may still be running)
+    _quiet_out_of_space_logs()
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -344,8 +396,11 @@ class Checkpointer:
     """Starts saving `state` and `extra` as `step`; returns once arrays are copied off device."""
     extra = {} if extra is None else extra
     _check_json("Checkpointer.save extra", extra)
-    saved = self._manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(_encode_json(extra))))
+    self.wait()  # the previous save's failure, if any, is reported as that step's
+    self._saving = int(step)
+    with self._out_of_space_named():
+      saved = self._manager.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(_encode_json(extra))))
     if not saved:
       raise ValueError(f"Checkpointer.save: step {step} was not saved (a checkpoint for it "
                        f"exists already or it is older than the latest, {self.latest_step()})")
@@ -429,11 +484,29 @@ class Checkpointer:
     return kind, f"checkpoint {step_dir} is corrupt: {problem}; {offer}"
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are on disk; `errors.OutOfSpaceError` if one ran out
+    of space."""
+    with self._out_of_space_named():
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _out_of_space_named(self):
+    """Re-raises a save's out-of-space failure naming the step lost and the newest complete one."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - only out-of-space failures are changed
+      found = errors.out_of_space(e)
+      if found is None:
+        raise
+      complete = [s for s in self._manager.all_steps() if s != self._saving]
+      kept = (f"the newest complete checkpoint, step {max(complete)}, is intact and a rerun resumes "
+              "from it" if complete else "no complete checkpoint was written before it")
+      note = f"checkpoint step {self._saving} in {self.directory} was not saved; {kept}"
+      raise errors.OutOfSpaceError(found.errno, found.filename or self.directory, note) from e
 
   def close(self) -> None:
-    self._manager.close()
+    with self._out_of_space_named():
+      self._manager.close()
 
   def __enter__(self) -> "Checkpointer":
     return self

@@ -7,7 +7,10 @@
   such as `--config.rl.no_such_field=1`, a config file that does not exist) is reported in one line
   naming the flag, instead of absl's usage text or ml_collections' chained tracebacks;
 * `main` runs under `guard`: an `rlef_jax.errors.UserError` (config validation, missing paths, bad
-  input files) or an `absl.app.UsageError` is reported the same way.
+  input files) or an `absl.app.UsageError` is reported the same way; so is a write that failed for
+  lack of space (`rlef_jax.errors.out_of_space`: a full disk, a quota, a file size limit), naming the
+  file, with exit status `NO_SPACE_EXIT_STATUS`. Checkpoints already written stay valid (a save
+  that fails never becomes a step), so the same command resumes once there is space.
 
 Anything else is a bug and propagates with its traceback. A config file whose own code raises is
 such a bug too: its traceback is printed, followed by the one line.
@@ -26,6 +29,7 @@ from absl import flags
 from rlef_jax import errors
 
 EXIT_STATUS = 2  # bad input (argparse's status for usage errors); 1 stays an uncaught exception
+NO_SPACE_EXIT_STATUS = 74  # sysexits.h EX_IOERR: not bad input, the same command works once there is space
 
 
 def one_line(message: Any) -> str:
@@ -33,21 +37,26 @@ def one_line(message: Any) -> str:
   return " ".join(str(message).split())
 
 
-def fail(message: Any) -> NoReturn:
-  """Prints `error: <message>` (one line) on stderr and exits with `EXIT_STATUS`."""
+def fail(message: Any, status: int = EXIT_STATUS) -> NoReturn:
+  """Prints `error: <message>` (one line) on stderr and exits with `status`."""
   sys.stdout.flush()
   sys.stderr.write(f"error: {one_line(message)}\n")
   sys.stderr.flush()
-  sys.exit(EXIT_STATUS)
+  sys.exit(status)
 
 
 def guard(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
-  """`main` with `UserError` and `app.UsageError` reported by `fail`."""
+  """`main` with `UserError`, `app.UsageError` and out-of-space failures reported by `fail`."""
   def guarded(argv: Sequence[str]) -> Any:
     try:
       return main(argv)
     except (errors.UserError, app.UsageError) as e:
       fail(e)
+    except Exception as e:  # noqa: BLE001 - anything but a full disk is re-raised as it is
+      full = errors.out_of_space(e)
+      if full is None:
+        raise
+      fail(full, status=NO_SPACE_EXIT_STATUS)
   return guarded
 
 
@@ -55,7 +64,17 @@ def run(main: Callable[[Sequence[str]], Any], *, required: Sequence[str] = ()) -
   """`app.run(main)` with one-line errors (module docstring); `required` flags must be given."""
   for name in required:
     flags.mark_flag_as_required(name)
-  app.run(guard(main), flags_parser=parse_flags)
+  try:
+    app.run(guard(main), flags_parser=parse_flags)
+  except SystemExit as e:
+    if e.code == NO_SPACE_EXIT_STATUS:
+      # The line is printed. A failed asynchronous save leaves orbax's write tasks behind, and the
+      # interpreter reports each one it drops while shutting down: that would bury the line.
+      try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+      except (AttributeError, OSError, ValueError):  # a stderr without a file descriptor
+        pass
+    raise
 
 
 # ---------------------------------------------------------------------------------------------

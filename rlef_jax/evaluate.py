@@ -188,9 +188,10 @@ def write_results(directory: str, name: str, summary: dict[str, Any],
                   outcomes: Sequence[dict[str, Any]]) -> str:
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f"{name}.json")
-  with open(path, "w") as f:
+  with errors.writing(path), open(path, "w") as f:
     json.dump(summary, f, indent=2)
-  with open(os.path.join(directory, f"{name}.episodes.jsonl"), "w") as f:
+  episodes = os.path.join(directory, f"{name}.episodes.jsonl")
+  with errors.writing(episodes), open(episodes, "w") as f:
     for o in outcomes:
       f.write(json.dumps(o) + "\n")
   return path
@@ -278,7 +279,7 @@ def record_best(workdir: str, summary: dict, metric: str) -> None:
       return
   entry = {"checkpoint": summary["checkpoint"], "step": summary["step"], "metric": metric, "value": value,
            "split": summary.get("split"), "evaluation": summary["name"]}
-  with open(path + ".tmp", "w") as f:
+  with errors.writing(path + ".tmp"), open(path + ".tmp", "w") as f:
     json.dump(entry, f, indent=2)
   os.replace(path + ".tmp", path)
 

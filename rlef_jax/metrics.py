@@ -37,6 +37,8 @@ from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 import jax
 import numpy as np
 
+from rlef_jax import errors
+
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -149,9 +151,16 @@ def _truncate_jsonl(path: str, resume_step: int) -> None:
       if step <= resume_step:
         kept.append(line if line.endswith("\n") else line + "\n")
   tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with errors.writing(tmp), open(tmp, "w", encoding="utf-8") as f:
     f.writelines(kept)
   os.replace(tmp, path)
+
+
+def _write_all(f: IO[bytes], data: bytes) -> None:
+  """Writes `data` to an unbuffered file, continuing after partial writes."""
+  view = memoryview(data)
+  while view:
+    view = view[f.write(view):]
 
 
 def _format_value(value: int | float) -> str:
@@ -209,7 +218,9 @@ class MetricsWriter:
     os.makedirs(self.workdir, exist_ok=True)
     self.jsonl_path = os.path.join(self.workdir, JSONL_NAME)
     _truncate_jsonl(self.jsonl_path, resume_step)
-    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+    # Unbuffered: each line goes to the OS at once, and a write that fails (a full disk) leaves no
+    # buffered bytes behind for a later flush, or the interpreter's exit, to fail on again.
+    self._jsonl = open(self.jsonl_path, "ab", buffering=0)
 
     import tensorboardX  # Imported here: non-writing processes never need it.
     self.tensorboard_dir = os.path.join(self.workdir, TENSORBOARD_DIR)
@@ -243,11 +254,13 @@ class MetricsWriter:
       values[name] = to_scalar(name, value)
     self._last_step = step
 
-    self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
-    self._jsonl.flush()
-    for name, value in values.items():
-      self._tb.add_scalar(name, value, global_step=step)
-    self._tb.flush()
+    # A failed write does not name its file: a full disk is reported with the path.
+    with errors.writing(self.jsonl_path):
+      _write_all(self._jsonl, (json.dumps({"step": step, **values}) + "\n").encode("utf-8"))
+    with errors.writing(self.tensorboard_dir):
+      for name, value in values.items():
+        self._tb.add_scalar(name, value, global_step=step)
+      self._tb.flush()
     self._write_console(step, values)
 
   def _write_console(self, step: int, values: Mapping[str, int | float]) -> None:
@@ -273,8 +286,9 @@ class MetricsWriter:
       self._bar.close()
       self._bar = None
     if self._tb is not None:
-      self._tb.close()
-      self._tb = None
+      tb, self._tb = self._tb, None
+      with errors.writing(self.tensorboard_dir):
+        tb.close()
     if self._jsonl is not None:
       self._jsonl.close()
       self._jsonl = None
