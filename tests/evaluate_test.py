@@ -221,3 +221,24 @@ def test_eval_every_zero_means_no_evaluation_during_training(tmp_path_factory):
   with pytest.raises(ValueError, match="eval_every .* multiple of"):
     config_lib.validate(tiny_config(data_dir, **{"train.eval_every": 3, "rl.updates_per_round": 2,
                                                  "train.num_updates": 4, "rl.minibatch_size": 4}))
+
+
+def test_evaluation_batch_size_bounds_memory_not_results(workdir_with_checkpoint, tmp_path):
+  """`eval.batch_size` runs the episodes a few at a time (each call's KV caches hold only its rows):
+  every episode's responses are the ones drawn when all run together (per-episode sampling keys)."""
+  workdir, data_dir = workdir_with_checkpoint
+  texts = {}
+  for batch_size in (0, 2):
+    overrides = {**OVERRIDES, "data.data_dir": data_dir, "eval.max_problems": 5,
+                 "eval.batch_size": batch_size, "eval.single_turn": False}
+    out = tmp_path / f"b{batch_size}"
+    shutil.copytree(workdir / "checkpoints", out / "checkpoints")
+    cmd = [sys.executable, "-m", "rlef_jax.evaluate", "--config=configs/tiny.py", f"--workdir={out}",
+           "--split=test", *[f"--config.{k}={v}" for k, v in overrides.items()]]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    episodes = [json.loads(l) for l in (out / "eval" / "evaluate_step_3_test.episodes.jsonl")
+                .read_text().splitlines()]
+    texts[batch_size] = [[t["response"] for t in e["turn_log"]] for e in episodes]
+  assert len(texts[0]) == 5  # calls of 2, 2 and 1 episodes
+  assert texts[2] == texts[0]

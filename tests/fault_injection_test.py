@@ -39,7 +39,7 @@ from rlef_jax import rollout as rollout_lib
 from rlef_jax import sampler as sampler_lib
 from rlef_jax import synthetic
 from rlef_jax.execution import ExecutionPool, Verdict
-from train_test import OVERRIDES, _checkpoint_state, _without_timing, tiny_config
+from train_test import OVERRIDES, _checkpoint_state, assert_same_run, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NO_SPACE = "(the disk is full, or a disk quota or file size limit is reached)"
@@ -473,17 +473,7 @@ def test_a_trainer_killed_during_a_checkpoint_save_resumes_to_the_same_result(tm
   text = _finish(straight, tmp_path / "straight.log")
   assert straight.returncode == 0, text
 
-  step_a, state_a = _checkpoint_state(killed_dir)
-  step_b, state_b = _checkpoint_state(straight_dir)
-  assert step_a == step_b == 4
-  assert state_a.keys() == state_b.keys()
-  assert any("policy_params" in k for k in state_a) and any("opt_state" in k for k in state_a)
-  for key in state_a:
-    np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
-  lines_a = metrics_lib.read_jsonl(killed_dir / "metrics.jsonl")
-  lines_b = metrics_lib.read_jsonl(straight_dir / "metrics.jsonl")
-  assert [l["step"] for l in lines_a] == [1, 2, 3, 4]
-  assert _without_timing(lines_a) == _without_timing(lines_b)
+  assert_same_run(killed_dir, straight_dir, steps=4)
   final = lambda d: {k: v for k, v in json.loads((d / "eval" / "step_4_final.json").read_text()).items()
                      if not k.endswith("seconds")}
   assert final(killed_dir) == final(straight_dir)

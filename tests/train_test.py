@@ -81,6 +81,22 @@ def uninterrupted(tmp_path_factory, data_dir):
   return workdir, results
 
 
+def assert_same_run(workdir_a, workdir_b, steps: int) -> None:
+  """Both workdirs' latest checkpoints are step `steps` and hold equal arrays (params, optimizer
+  states, step, RNG), and every logged value but the timings is equal."""
+  step_a, state_a = _checkpoint_state(workdir_a)
+  step_b, state_b = _checkpoint_state(workdir_b)
+  assert step_a == step_b == steps
+  assert state_a.keys() == state_b.keys()
+  assert any("policy_params" in k for k in state_a) and any("opt_state" in k for k in state_a)
+  for key in state_a:
+    np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
+  lines_a = metrics_lib.read_jsonl(pathlib.Path(workdir_a) / "metrics.jsonl")
+  lines_b = metrics_lib.read_jsonl(pathlib.Path(workdir_b) / "metrics.jsonl")
+  assert [l["step"] for l in lines_a] == list(range(1, steps + 1))
+  assert _without_timing(lines_a) == _without_timing(lines_b)
+
+
 @pytest.mark.slow  # about 70 s on top of the shared run (two more train() calls)
 def test_stop_and_resume_is_bitwise_identical(tmp_path, data_dir, uninterrupted):
   """Stop after round 1 (= the end of data epoch 1), resume, and compare with one straight run:
@@ -93,18 +109,7 @@ def test_stop_and_resume_is_bitwise_identical(tmp_path, data_dir, uninterrupted)
   assert len(metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")) == 1
   resumed = train_lib.train(config, str(tmp_path))
 
-  step_a, state_a = _checkpoint_state(tmp_path)
-  step_b, state_b = _checkpoint_state(straight)
-  assert step_a == step_b == 2
-  assert state_a.keys() == state_b.keys()
-  assert any("policy_params" in k for k in state_a) and any("opt_state" in k for k in state_a)
-  for key in state_a:
-    np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
-
-  lines_a = metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
-  lines_b = metrics_lib.read_jsonl(straight / "metrics.jsonl")
-  assert [l["step"] for l in lines_a] == [1, 2]
-  assert _without_timing(lines_a) == _without_timing(lines_b)
+  assert_same_run(tmp_path, straight, steps=2)
 
   # The final evaluation sees the same params and RNG, so it is the same too; the resumed run
   # reports the "before" evaluation of its first part.
