@@ -173,6 +173,16 @@ def unstack_layers(params: Any) -> Any:
   return out
 
 
+def cast_floating(params: Any, dtype: str) -> Any:
+  """`params` with every floating leaf in `dtype` ("float32" | "bfloat16"; on its own sharding), the
+  others as they are; leaves already in `dtype` are returned, not copied. E.g. the frozen reference
+  policy kept in bfloat16 (`config.rl.reference_dtype`)."""
+  target = _DTYPES[dtype]
+  return jax.tree.map(
+      lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != target else x,
+      params)
+
+
 def decoding_config(config: LlamaConfig) -> LlamaConfig:
   """The config a decoding model uses: layers unrolled (one cache buffer each), no remat."""
   return dataclasses.replace(config, scan_layers=False, remat=False)
