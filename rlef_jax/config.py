@@ -126,6 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.top_p = 1.0  # training nucleus mass; 1.0 = off (paper App. A.1: no top-p)
   c.sampling.max_new_tokens = 1024  # [U] our choice: tokens per response before it is cut off
   c.sampling.max_context_length = 8192  # [U] our choice: tokens per episode (the paper's SFT sequence length, App. A.3)
+  c.sampling.prefill_chunk = 0  # [U] our choice: most new tokens per episode one prefill call takes; a longer prompt or feedback is first fed to the KV cache in pieces of this many (a call holds rows x heads x chunk x cache-slots attention scores); 0 = any length in one call
+  c.sampling.max_concurrent_episodes = 0  # [U] our choice: episodes each process samples at the same time (each holds a KV cache of up to max_context_length slots); a round's (or an evaluation's) episodes run in consecutive batches of at most this many; 0 = all at once
 
   c.rl = r = ml_collections.ConfigDict()
   r.kl_coef = 0.05  # beta of the per-turn KL penalty in the reward (paper §2.2, App. A.1)
@@ -248,6 +250,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "execution.sandbox": _choice("auto", "bwrap", "unshare", "weak"),
     "sampling.temperature": _ge(0), "sampling.top_p": _half_open(0, 1),
     "sampling.max_new_tokens": _ge(1), "sampling.max_context_length": _ge(2),
+    "sampling.max_concurrent_episodes": _ge(0), "sampling.prefill_chunk": _ge(0),
     "rl.kl_coef": _ge(0), "rl.clip_eps": _open(0, 1), "rl.value_clip": _gt(0),
     "rl.gamma": _half_open(0, 1), "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
     "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(-1),
