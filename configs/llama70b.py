@@ -23,8 +23,12 @@ def get_config():
   c.tokenizer.path = "checkpoints/llama3.1-70b-instruct"  # the Instruct model's tokenizer (paper §2.1)
 
   c.mesh.data = 1  # our choice: no pure data parallelism
-  c.mesh.fsdp = -1  # our choice: params/optimizer state sharded over all remaining devices
+  c.mesh.fsdp = -1  # our choice: params/optimizer state sharded over all remaining devices (8 on 64 GPUs, 128 on the paper's 1024)
   c.mesh.tensor = 8  # our choice: heads/MLP split within an 8-GPU host (8 kv heads; paper: 1024 training H100s)
+  # The 8B recipe's memory choices carry over (one episode per data-parallel shard per gradient and
+  # scoring pass, bf16 reference, prompts prefilled 512 tokens at a time).
+  c.sampling.max_concurrent_episodes = 16  # [U] our choice: 16 episodes per host at once (a 70B KV cache of
+  # 8192 slots is 335 MB per episode per GPU at tensor = 8); on 1024 GPUs each host runs its 8 at once
 
   c.train.num_updates = 8000  # paper App. A.1 (70B)
   return c

@@ -128,6 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.top_p = 1.0  # training nucleus mass; 1.0 = off (paper App. A.1: no top-p)
   c.sampling.max_new_tokens = 1024  # [U] our choice: tokens per response before it is cut off
   c.sampling.max_context_length = 8192  # [U] our choice: tokens per episode (the paper's SFT sequence length, App. A.3)
+  c.sampling.prefill_chunk = 0  # [U] our choice: most new tokens per episode one prefill call takes; a longer prompt or feedback is first fed to the KV cache in pieces of this many (a call holds rows x heads x chunk x cache-slots attention scores); 0 = any length in one call
+  c.sampling.max_concurrent_episodes = 0  # [U] our choice: episodes each process samples at the same time (each holds a KV cache of up to max_context_length slots); a round's (or an evaluation's) episodes run in consecutive batches of at most this many; 0 = all at once
 
   c.rl = r = ml_collections.ConfigDict()
   r.kl_coef = 0.05  # beta of the per-turn KL penalty in the reward (paper §2.2, App. A.1)
@@ -137,9 +139,10 @@ def base_config() -> ml_collections.ConfigDict:
   r.rollouts_per_round = 1024  # episodes collected per round (paper App. A.1)
   r.minibatch_size = 256  # sequences per optimizer update (paper App. A.1)
   r.updates_per_round = 4  # optimizer updates per round (paper App. A.1)
-  r.num_microbatches = 1  # [U] our choice: each update's minibatch is processed in this many chunks whose gradients are summed (same result, less activation and logits memory)
+  r.num_microbatches = 1  # [U] our choice: each update's minibatch is processed in this many chunks whose gradients are summed (same result, less activation and logits memory); -1 = one episode per data-parallel shard per chunk (minibatch_size / (mesh.data * mesh.fsdp) chunks, the same activation memory on any number of devices)
   r.logprob_chunk = 0  # [U] our choice: token log-probs (scoring and the policy loss) computed this many positions at a time under jax.checkpoint, never the full B x L x vocabulary logits; 0 = all at once
-  r.score_batch_size = 0  # [U] our choice: episodes per forward pass when a round is scored (old and reference log-probs, values), sorted by length so each pass is padded to its own longest episode; 0 = the whole round in one pass
+  r.score_batch_size = 0  # [U] our choice: episodes per forward pass when a round is scored (old and reference log-probs, values), sorted by length so each pass is padded to its own longest episode; 0 = the whole round in one pass; -1 = one episode per data-parallel shard (mesh.data * mesh.fsdp a pass)
+  r.reference_dtype = "float32"  # [U] our choice: dtype the frozen reference policy's params are kept in ("float32" | "bfloat16"); it only runs forward passes in model.dtype, so with model.dtype "bfloat16" a bfloat16 copy gives the same log-probs in half the memory
   r.advantage_norm = "batch"  # [U] our choice: "batch" (mean/std over all turns of the round) | "none"
   r.loss_aggregation = "token_mean"  # [U] our choice: policy loss averaged over all policy tokens of a minibatch ("token_mean") or per turn first ("turn_mean")
   r.behaviour_correction = True  # multiply ratios by stopgrad(min(pi/pi_b, 1)) (paper App. A.1)
@@ -237,9 +240,12 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "execution.sandbox": _choice("auto", "bwrap", "unshare", "weak"),
     "sampling.temperature": _ge(0), "sampling.top_p": _half_open(0, 1),
     "sampling.max_new_tokens": _ge(1), "sampling.max_context_length": _ge(2),
+    "sampling.max_concurrent_episodes": _ge(0), "sampling.prefill_chunk": _ge(0),
     # The PPO fields (kl_coef, clip_eps, ...) are checked by ppo.PPOSettings, in validate().
     "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
-    "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(0), "rl.num_microbatches": _ge(1),
+    "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(-1),
+    "rl.num_microbatches": ((lambda v: v == -1 or v >= 1), ">= 1, or -1 for one episode per data-parallel shard"),
+    "rl.reference_dtype": _DTYPE,
     "optim.lr": _gt(0), "optim.value_lr": _gt(0), "optim.weight_decay": _ge(0),
     "optim.warmup_steps": _ge(0),
     "optim.schedule_after_warmup": _choice("constant", "cosine", "linear"),
@@ -373,12 +379,16 @@ def validate(config, num_devices: int | None = None) -> None:
   if rl.rollouts_per_round % rl.minibatch_size:
     raise errors.ConfigError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
                              f"of config.rl.minibatch_size ({rl.minibatch_size})")
-  if rl.minibatch_size % rl.num_microbatches:
+  if rl.num_microbatches > 0 and rl.minibatch_size % rl.num_microbatches:
     raise errors.ConfigError(f"config.rl.minibatch_size ({rl.minibatch_size}) must be a multiple of "
                              f"config.rl.num_microbatches ({rl.num_microbatches})")
-  if rl.score_batch_size and rl.rollouts_per_round % rl.score_batch_size:
+  if rl.score_batch_size > 0 and rl.rollouts_per_round % rl.score_batch_size:
     raise errors.ConfigError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
                              f"of config.rl.score_batch_size ({rl.score_batch_size}), or set it to 0")
+  if rl.reference_dtype == "bfloat16" and config.model.dtype != "bfloat16":
+    raise errors.ConfigError("config.rl.reference_dtype='bfloat16' needs config.model.dtype='bfloat16': in "
+                             f"{config.model.dtype!r} compute the rounded reference would not be the initial policy "
+                             "(a KL penalty from the first update); use reference_dtype='float32'")
   if config.train.num_updates % rl.updates_per_round:
     raise errors.ConfigError(f"config.train.num_updates ({config.train.num_updates}) must be a multiple of "
                              f"config.rl.updates_per_round ({rl.updates_per_round}): a round makes all its "
@@ -410,10 +420,10 @@ def validate(config, num_devices: int | None = None) -> None:
     data, fsdp, tensor = sharding.mesh_shape(mesh, num_devices)
     _check_tensor_divides(arch, tensor)
     for name in ("minibatch_size", "rollouts_per_round", "score_batch_size"):
-      if rl[name] % (data * fsdp):
+      if rl[name] > 0 and rl[name] % (data * fsdp):
         raise errors.ConfigError(f"config.rl.{name} ({rl[name]}) must be a multiple of the data-parallel "
                                  f"size mesh.data * mesh.fsdp = {data * fsdp} on {num_devices} devices")
-    if (rl.minibatch_size // rl.num_microbatches) % (data * fsdp):
+    if rl.num_microbatches > 0 and (rl.minibatch_size // rl.num_microbatches) % (data * fsdp):
       raise errors.ConfigError(f"a microbatch (config.rl.minibatch_size / num_microbatches = "
                                f"{rl.minibatch_size // rl.num_microbatches}) must be a multiple of the "
                                f"data-parallel size mesh.data * mesh.fsdp = {data * fsdp} on {num_devices} "

@@ -165,7 +165,8 @@ def rollout_settings(config: Any, *, evaluation: bool) -> rollout_lib.RolloutSet
       max_new_tokens=config.sampling.max_new_tokens,
       max_context_length=config.sampling.max_context_length,
       temperature=config.eval.temperature if evaluation else config.sampling.temperature,
-      top_p=config.eval.top_p if evaluation else config.sampling.top_p)
+      top_p=config.eval.top_p if evaluation else config.sampling.top_p,
+      max_episodes=config.sampling.max_concurrent_episodes, prefill_chunk=config.sampling.prefill_chunk)
 
 
 def run_rngs(config: Any) -> tuple[jax.Array, ...]:

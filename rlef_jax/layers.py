@@ -23,6 +23,9 @@ from rlef_jax import rope
 from rlef_jax.model_types import KVCache, LlamaConfig
 
 ACT_BLD = ("activation_batch", "activation_length", "activation_embed")
+# The residual stream between scanned layers (what remat keeps of each layer for the backward pass):
+# sharded along the length (sequence parallelism), so the saved stack is not a full copy per device.
+RESIDUAL_BLD = ("activation_batch", "activation_residual_length", "activation_embed")
 CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")  # one layer's k or v
 
 
@@ -204,7 +207,8 @@ class DecoderLayer(nn.Module):
     x_BxLxD = x_BxLxD + attn_BxLxD
     x_BxLxD = x_BxLxD + MLP(self.config, name="mlp")(
         RMSNorm(self.config, name="post_attn_norm")(x_BxLxD))
-    return nn.with_logical_constraint(x_BxLxD, ACT_BLD), kv
+    # Stacked (scanned) layers are the full-sequence passes (training, scoring); decoding is unrolled.
+    return nn.with_logical_constraint(x_BxLxD, RESIDUAL_BLD if self.config.scan_layers else ACT_BLD), kv
 
 
 def decoder(cfg: LlamaConfig, tokens_BxL: jnp.ndarray, cache: KVCache | None,

@@ -23,6 +23,7 @@ import numpy as np
 
 from rlef_jax import layers, rope
 from rlef_jax.model_types import KVCache, LlamaConfig, RopeScaling  # noqa: F401  (the model's types, re-exported)
+from rlef_jax.model_types import DTYPES
 
 def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
   """`[Dh/2]` float32 inverse frequencies, equal to transformers' `inv_freq` (llama3 scaling incl.)."""
@@ -59,6 +60,16 @@ def unstack_layers(params: Any) -> Any:
   for i in range(n):
     out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
   return out
+
+
+def cast_floating(params: Any, dtype: str) -> Any:
+  """`params` with every floating leaf in `dtype` ("float32" | "bfloat16"; on its own sharding), the
+  others as they are; leaves already in `dtype` are returned, not copied. E.g. the frozen reference
+  policy kept in bfloat16 (`config.rl.reference_dtype`)."""
+  target = DTYPES[dtype]
+  return jax.tree.map(
+      lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != target else x,
+      params)
 
 
 def decoding_config(config: LlamaConfig) -> LlamaConfig:

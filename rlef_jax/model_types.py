@@ -12,7 +12,7 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +73,8 @@ class LlamaConfig:
       raise ValueError(f"LlamaConfig.head_dim must be a positive even int (RoPE rotates pairs), "
                        f"got {self.head_dim}")
     for name in ("param_dtype", "dtype"):
-      if getattr(self, name) not in _DTYPES:
-        raise ValueError(f"LlamaConfig.{name} must be one of {sorted(_DTYPES)}, "
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"LlamaConfig.{name} must be one of {sorted(DTYPES)}, "
                          f"got {getattr(self, name)!r}")
     if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
       raise ValueError(f"LlamaConfig.rms_norm_eps and rope_theta must be positive, got "
@@ -85,11 +85,11 @@ class LlamaConfig:
 
   @property
   def param_jnp_dtype(self):
-    return _DTYPES[self.param_dtype]
+    return DTYPES[self.param_dtype]
 
   @property
   def compute_jnp_dtype(self):
-    return _DTYPES[self.dtype]
+    return DTYPES[self.dtype]
 
   def num_params(self) -> int:
     """The policy's parameter count (`rlef_jax.model.Llama`'s params; tested equal to the count of

@@ -8,7 +8,9 @@ and the separate value network (`model.LlamaValue`, same backbone, fresh scalar 
 * `compute_turn_targets`: KL-in-reward, returns (γ = 1) and normalised advantages for a whole round;
 * `make_optimizers`: AdamW with linear warm-up (paper App. A.1), separate value learning rate;
 * `make_update_step`: one jitted, donated, optionally sharded optimizer step of both networks on a
-  minibatch (the trainer runs `rl.updates_per_round` of them per collection round).
+  minibatch (the trainer runs `rl.updates_per_round` of them per collection round); its pieces
+  `make_update_fn` (the pure step) and `jit_sharded_update` (its sharded jit) are public so that the
+  step can be lowered and compiled on abstract inputs (benchmarks/fit.py).
 
 Shape letters: B episodes, L tokens, T turns, V vocabulary, M microbatches.
 """
@@ -277,28 +279,40 @@ def _accumulate(grad_fn, params, micro: dict[str, jax.Array], num_microbatches: 
   return jax.lax.scan(body, zeros, micro)
 
 
-def make_update_step(policy_model: nn.Module, value_model: nn.Module,
-                     policy_opt: optax.GradientTransformation, value_opt: optax.GradientTransformation,
-                     settings: PPOSettings, mesh: Optional[jax.sharding.Mesh] = None,
-                     num_microbatches: int = 1
-                     ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
-  """`update(state, minibatch) -> (state, metrics)`: one AdamW step of policy and value (paper §3).
+PER_SHARD = -1  # `num_microbatches` value: one episode per data-parallel shard per microbatch
 
-  The minibatch (keys `MINIBATCH_KEYS`, B rows) is split into `num_microbatches` chunks whose gradients
-  are summed; loss weights are computed over the whole minibatch first, so the result equals one pass
-  over all B rows. The state is donated. With a `mesh`, the update is traced under the logical-axis
-  rules (activations constrained), the state keeps the shardings it arrives with and the batch is
-  sharded over the data axes.
-  """
+
+def microbatch_count(minibatch_size: int, num_microbatches: int,
+                     mesh: Optional[jax.sharding.Mesh] = None) -> int:
+  """The microbatches a minibatch of `minibatch_size` episodes is split into: `num_microbatches`, or
+  with `PER_SHARD` (-1) minibatch_size / (mesh data × fsdp), each microbatch then holding one episode
+  per data-parallel shard (the least activation memory; the same on any number of devices)."""
+  if num_microbatches != PER_SHARD:
+    return num_microbatches
+  split = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+  if minibatch_size % split:
+    raise ValueError(f"minibatch size {minibatch_size} must be a multiple of the mesh's data × fsdp = "
+                     f"{split}")
+  return minibatch_size // split
+
+
+def make_update_fn(policy_model: nn.Module, value_model: nn.Module,
+                   policy_opt: optax.GradientTransformation, value_opt: optax.GradientTransformation,
+                   settings: PPOSettings, mesh: Optional[jax.sharding.Mesh] = None,
+                   num_microbatches: int = 1
+                   ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
+  """The pure `update(state, minibatch) -> (state, metrics)` that `make_update_step` jits (the
+  minibatch holds exactly `MINIBATCH_KEYS`); `mesh` only resolves `num_microbatches=PER_SHARD`."""
   s = _settings(settings)
-  if num_microbatches < 1:
-    raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
+  if num_microbatches != PER_SHARD and num_microbatches < 1:
+    raise ValueError(f"num_microbatches must be >= 1, or {PER_SHARD} (one episode per data-parallel "
+                     f"shard), got {num_microbatches}")
   policy_grad = jax.value_and_grad(_policy_loss_fn(policy_model, s), has_aux=True)
   value_grad = jax.value_and_grad(_value_loss_fn(value_model, s), has_aux=True)
 
   def update(state: TrainState, batch: dict[str, jax.Array]):
     B, T = batch["turn_mask_BxT"].shape
-    M = num_microbatches
+    M = microbatch_count(B, num_microbatches, mesh)
     derived = dict(batch)
     derived["token_weights_BxL"] = losses.token_weights_BxL(
         batch["policy_mask_BxL"], batch["turn_id_BxL"], T, s.loss_aggregation)
@@ -327,18 +341,45 @@ def make_update_step(policy_model: nn.Module, value_model: nn.Module,
                **{f"vf_{k}": v for k, v in v_metrics.items()}}
     return new_state, metrics
 
+  return update
+
+
+def jit_sharded_update(update: Callable, state_shardings: Any, batch_shardings: Any) -> Callable:
+  """`update` jitted as the sharded trainer runs it: the state donated and kept on its shardings,
+  the minibatch on `batch_shardings`. Call (or `.lower`) it under `sharding.use_mesh(mesh)`."""
+  return jax.jit(update, in_shardings=(state_shardings, batch_shardings),
+                 out_shardings=(state_shardings, None), donate_argnums=0)
+
+
+def make_update_step(policy_model: nn.Module, value_model: nn.Module,
+                     policy_opt: optax.GradientTransformation, value_opt: optax.GradientTransformation,
+                     settings: PPOSettings, mesh: Optional[jax.sharding.Mesh] = None,
+                     num_microbatches: int = 1
+                     ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
+  """`update(state, minibatch) -> (state, metrics)`: one AdamW step of policy and value (paper §3).
+
+  The minibatch (keys `MINIBATCH_KEYS`, B rows) is split into `num_microbatches` chunks whose gradients
+  are summed (`PER_SHARD`, -1: one episode per data-parallel shard each); loss weights are computed
+  over the whole minibatch first, so the result equals one pass over all B rows. The state is donated.
+  With a `mesh`, the update is traced under the logical-axis rules (activations constrained), the
+  state keeps the shardings it arrives with and the batch is sharded over the data axes.
+  """
+  update = make_update_fn(policy_model, value_model, policy_opt, value_opt, settings, mesh,
+                          num_microbatches)
+  check_size = 1 if num_microbatches == PER_SHARD else num_microbatches
+
   if mesh is None:
     jitted = jax.jit(update, donate_argnums=0)
 
     def run(state, batch):
-      return jitted(state, _check_minibatch(batch, num_microbatches))
+      return jitted(state, _check_minibatch(batch, check_size))
     return run
 
   from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
   compiled: dict[Any, Callable] = {}
 
   def run_sharded(state, batch):
-    batch = _check_minibatch(batch, num_microbatches)
+    batch = _check_minibatch(batch, check_size)
     split = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch["tokens_BxL"].shape[0] % split:
       raise ValueError(f"minibatch size {batch['tokens_BxL'].shape[0]} must be a multiple of the "
@@ -349,9 +390,7 @@ def make_update_step(policy_model: nn.Module, value_model: nn.Module,
       state_shardings = jax.tree.map(
           lambda x: x.sharding if named(x) else sharding.replicated(mesh), state)
       batch_shardings = {k: sharding.data_sharding(mesh, jnp.ndim(v)) for k, v in batch.items()}
-      jitted = jax.jit(update, in_shardings=(state_shardings, batch_shardings),
-                       out_shardings=(state_shardings, None), donate_argnums=0)
-      compiled[key] = (jitted, state_shardings)
+      compiled[key] = (jit_sharded_update(update, state_shardings, batch_shardings), state_shardings)
     jitted, state_shardings = compiled[key]
     with sharding.use_mesh(mesh):
       return jitted(jax.device_put(state, state_shardings), batch)

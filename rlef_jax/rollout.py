@@ -41,6 +41,11 @@ class RolloutSettings:
   num_groups: int = 2          # groups visited round-robin so execution overlaps generation
   length_bucket: int = 64      # prefill chunks are padded to a multiple of this (fewer compilations)
   min_cache: int = 256         # smallest KV-cache capacity; capacities are powers of two times this
+  max_episodes: int = 0        # episodes sampled at the same time per process (0 = all): a call's
+                               # episodes run in consecutive batches of at most this many, so that
+                               # their KV caches fit (config.sampling.max_concurrent_episodes)
+  prefill_chunk: int = 0       # most new tokens per row one prefill takes (0 = any): longer chunks
+                               # are fed in pieces first (config.sampling.prefill_chunk)
 
 
 @dataclasses.dataclass
@@ -114,6 +119,23 @@ def cache_capacity(needed: int, minimum: int, maximum: int) -> int:
   return min(capacity, maximum)
 
 
+def _num_groups(settings: RolloutSettings, num_episodes: int, multiple: int) -> int:
+  """Groups of a batch of `num_episodes`: no more than fill one `multiple` of rows each."""
+  return max(1, min(settings.num_groups, -(-num_episodes // multiple)))
+
+
+def sampler_rows(settings: RolloutSettings, num_episodes: int, data_parallel: int = 1,
+                 processes: int = 1) -> tuple[int, int]:
+  """(rows of the largest group's KV cache, over all processes; groups alive at once) when each of
+  `processes` processes runs `num_episodes` episodes on a mesh of `data_parallel` = data × fsdp
+  shards: the batch one sampler call holds (`RolloutEngine.run`; benchmarks/fit.py)."""
+  batch = min(num_episodes, settings.max_episodes or num_episodes)
+  multiple = max(1, data_parallel // processes)
+  groups = _num_groups(settings, batch, multiple)
+  largest = -(-batch // groups)
+  return -(-largest // multiple) * multiple * processes, groups
+
+
 class RolloutEngine:
   """Runs batches of episodes for one policy model; reusable across rounds (compilations are cached)."""
 
@@ -173,11 +195,13 @@ class RolloutEngine:
     # one chunk width (no-ops in one process).
     if not distributed.agree_max(any(active)):
       return
-    width = round_up(max(len(c) for c in chunks), s.length_bucket)
-    width = distributed.agree_max(min(width, s.max_context_length))
     # Room for the chunk, the response and the one slot that stays free (sampler.generate).
     needed = max(int(fed[i]) + len(c) for i, c in enumerate(chunks) if active[i]) + s.max_new_tokens + 1
     self._fit_cache(group, distributed.agree_max(min(needed, s.max_context_length)))
+    if s.prefill_chunk:  # bounded prefill memory: a long chunk's head is fed in pieces first
+      chunks = self._feed_long_chunks(group, params, model, chunks)
+    width = round_up(max(len(c) for c in chunks), s.length_bucket)
+    width = distributed.agree_max(min(width, s.max_context_length))
     new_BxL = np.full((group.size, width), self.tokenizer.pad_id, np.int32)
     num_new_B = np.zeros(group.size, np.int32)
     active_B = np.zeros(group.size, bool)
@@ -221,6 +245,25 @@ class RolloutEngine:
         random_fb = (rf, [self.pool.submit(j) for j in rf.jobs])
       group.futures[i] = (public, random_fb)
 
+  def _feed_long_chunks(self, group: _Group, params: Any, model: Any, chunks: list) -> list:
+    """Feeds every row's chunk but its last `prefill_chunk` tokens to the cache, at most that many a
+    call (`sampler.feed`); returns what is left to prefill (several processes feed in lockstep)."""
+    s = self.settings
+    limit = s.prefill_chunk
+    while distributed.agree_max(max(len(c) for c in chunks)) > limit:
+      pieces = [c[:min(len(c) - limit, limit)] if len(c) > limit else [] for c in chunks]
+      width = distributed.agree_max(min(round_up(max(len(p) for p in pieces), s.length_bucket), limit))
+      new_BxL = np.full((group.size, width), self.tokenizer.pad_id, np.int32)
+      num_new_B = np.zeros(group.size, np.int32)
+      for i, piece in enumerate(pieces):
+        new_BxL[i, :len(piece)] = piece
+        num_new_B[i] = len(piece)
+      group.cache = sampler_lib.feed(params, group.cache, self._global(new_BxL, group.global_size),
+                                     self._global(num_new_B, group.global_size), model=model,
+                                     mesh=self.mesh)
+      chunks = [c[len(p):] for c, p in zip(chunks, pieces)]
+    return chunks
+
   def _collect(self, group: _Group, stats: RolloutStats) -> None:
     t0 = time.perf_counter()
     for i in sorted(group.futures):
@@ -248,7 +291,7 @@ class RolloutEngine:
     """
     stats = RolloutStats()
     start = time.perf_counter()
-    params, model = sampler_lib.prepare(params, self.llama_config)  # once per call, not per step
+    params, model = sampler_lib.prepare(params, self.llama_config, self.mesh)  # once per call
     self._problems = list(feedback_problems if feedback_problems is not None else problems)
     self._np_rng = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist()
                                          if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
@@ -266,11 +309,26 @@ class RolloutEngine:
                          f"(now {multiple}) is a multiple of the process count, so that every "
                          "process holds its own rows of the batch")
       distributed.agree_equal(len(problems), "the number of episodes per process")
-    multiple //= processes
-    num_groups = max(1, min(s.num_groups, -(-len(problems) // multiple)))
-    bounds = np.linspace(0, len(problems), num_groups + 1).astype(int)
     if first_episode is None:  # processes run equal numbers of episodes
       first_episode = jax.process_index() * len(problems)
+    records: list[Optional[EpisodeRecord]] = [None] * len(problems)
+    # At most `max_episodes` episodes (and their KV caches) at a time; an episode's samples depend
+    # on its own index only (row keys), so batching does not change them.
+    batch = max(1, s.max_episodes or len(problems))
+    for first in range(0, len(problems), batch):
+      self._run_batch(params, model, problems, range(first, min(first + batch, len(problems))),
+                      multiple // processes, rng, stats, records, first_episode)
+    stats.seconds = time.perf_counter() - start
+    return records, stats  # type: ignore[return-value]
+
+  def _run_batch(self, params: Any, model: Any, problems: Sequence[Any], batch: range, multiple: int,
+                 rng: jax.Array, stats: RolloutStats, records: list, first_episode: int) -> None:
+    """Runs the episodes `problems[i]`, i in `batch`, in round-robin groups; fills `records[i]`;
+    episode i is number `first_episode + i` (its sampling keys)."""
+    s = self.settings
+    processes = jax.process_count()
+    num_groups = _num_groups(s, len(batch), multiple)
+    bounds = np.linspace(batch.start, batch.stop, num_groups + 1).astype(int)
     groups = []
     for g in range(num_groups):
       rows = list(range(bounds[g], bounds[g + 1]))
@@ -292,7 +350,6 @@ class RolloutEngine:
         self._sample_turn(g, params, model, rng, stats)
 
     # Score every final solution on the private (+ generated) tests, all jobs in flight at once.
-    records: list[Optional[EpisodeRecord]] = [None] * len(problems)
     finals = []
     for g in groups:
       for i, st in enumerate(g.states):
@@ -303,8 +360,6 @@ class RolloutEngine:
       episode = env_lib.finish(st, future.result() if future is not None else None)
       records[g.rows[i]] = EpisodeRecord(episode, g.logps[i], g.truncated[i])
     stats.execution_wait_seconds += time.perf_counter() - t0
-    stats.seconds = time.perf_counter() - start
-    return records, stats  # type: ignore[return-value]
 
 
 def batch_length(records: Sequence[EpisodeRecord], length_bucket: int = 128) -> int:

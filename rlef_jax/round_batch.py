@@ -45,14 +45,23 @@ def to_device(run: Any, x: np.ndarray) -> jax.Array:
   return distributed.from_host(x, sharding.data_sharding(run.mesh, np.ndim(x)))
 
 
+def score_batch_size(config: Any, num_episodes: int, mesh: jax.sharding.Mesh) -> int:
+  """Episodes per scoring pass: `config.rl.score_batch_size`; 0 = all `num_episodes`; -1 = one per
+  data-parallel shard (`mesh` data × fsdp), the least memory on any number of devices."""
+  n = config.rl.score_batch_size
+  if n == -1:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+  return n or num_episodes
+
+
 def score(run: Any, state: ppo.TrainState, ref_params: Any, batch: dict, fns: dict
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Log-probs of the round's tokens under the current policy (π_θold) and the reference ρ, and the
   values at each turn's last prompt token: host arrays `[B, L]`, `[B, L]`, `[B, T]`.
 
-  With `rl.score_batch_size = n > 0` the episodes are scored n at a time in order of length, each
-  pass padded only to its own longest episode (rounded up to 64 tokens): less padding to compute
-  and a smaller peak (the forward holds n × L × vocabulary logits).
+  With n = `score_batch_size(...)` below B the episodes are scored n at a time in order of length,
+  each pass padded only to its own longest episode (rounded up to 64 tokens): less padding to
+  compute and a smaller peak (the forward holds n × L × vocabulary logits).
   """
   tokens_BxL, index_BxT = batch["tokens_BxL"], batch["value_index_BxT"]
   B, L = tokens_BxL.shape
@@ -63,7 +72,7 @@ def score(run: Any, state: ppo.TrainState, ref_params: Any, batch: dict, fns: di
             distributed.to_host(fns["logprob"](ref_params, tokens)),
             distributed.to_host(fns["value"](state.value_params, tokens, to_device(run, index_np))))
 
-  n = run.config.rl.score_batch_size or B
+  n = score_batch_size(run.config, B, run.mesh)
   if n == B:
     return one_pass(tokens_BxL, index_BxT)
   order = np.argsort(batch["length_B"], kind="stable")

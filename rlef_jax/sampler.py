@@ -6,6 +6,9 @@ turn is another `generate` call on the returned cache with the feedback tokens a
 history is never recomputed. After a call the cache holds, per row, the old tokens, the new chunk and
 every generated token (the stop token included), so the next chunk continues right after them.
 
+`feed` appends a chunk without sampling: a prompt longer than the caller wants to prefill at once is
+fed in pieces, and `generate` takes the last one (the attention scores of a call stay bounded).
+
 Log-probs are returned under two distributions: the one actually sampled from (temperature-scaled,
 top-p-truncated and renormalised; 0 for greedy, a point mass) and the raw model at temperature 1, which
 is the behaviour policy π_b of the PPO correction when training samples at T = 1 (paper §3).
@@ -88,16 +91,24 @@ def sampling_logprobs_BxV(logits_BxV: jax.Array, temperature: float, top_p: floa
   return jax.nn.log_softmax(scaled_BxV, axis=-1)
 
 
-def prepare(params: Any, config: model_lib.LlamaConfig) -> tuple[Any, nn.Module]:
+def prepare(params: Any, config: model_lib.LlamaConfig, mesh: Optional[jax.sharding.Mesh] = None
+            ) -> tuple[Any, nn.Module]:
   """(sampling params, sampling model) for the policy's `params` of a `config` model: layers unrolled
   (`model.unstack_layers`) and floating params in the compute dtype, made once (e.g. per round) so
-  that decoding neither slices stacked layers nor casts weights at every step."""
+  that decoding neither slices stacked layers nor casts weights at every step. With a `mesh` the
+  copy is laid out by `sharding.sampling_param_shardings` (split over `tensor` only): decoding then
+  never gathers weights, at the cost of a copy that is not split over `fsdp`."""
   dtype = config.compute_jnp_dtype
   cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype else x
   params = nn.meta.unbox(params)
+  model = model_lib.Llama(model_lib.decoding_config(config))
+  convert = lambda p: jax.tree.map(cast, model_lib.unstack_layers(p))
+  if mesh is not None:
+    from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
+    return jax.jit(convert, out_shardings=sharding.sampling_param_shardings(model, mesh))(params), model
   if config.scan_layers or any(cast(x) is not x for x in jax.tree.leaves(params)):
-    params = jax.jit(lambda p: jax.tree.map(cast, model_lib.unstack_layers(p)))(params)
-  return params, model_lib.Llama(model_lib.decoding_config(config))
+    params = jax.jit(convert)(params)
+  return params, model
 
 
 def row_keys(rng: jax.Array, batch_size: int) -> jax.Array:
@@ -158,6 +169,15 @@ def _prefill(params, cache, new_tokens_BxL, num_new_B, active_B, keys_B, *, mode
               raw_logprobs_BxT=jnp.where(first_BxT, raw_B[:, None], 0.0),
               n_B=n_B, stopped_B=stopped_B, finished_B=~go_B | stopped_B | (n_B >= budget_B),
               pending_B=go_B, last_B=jnp.where(go_B, token_B, pad_id), budget_B=budget_B, cache=cache)
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",), static_argnames=("model", "mesh", "attend_slots"))
+def _feed(params, cache, new_tokens_BxL, num_new_B, *, model, mesh, attend_slots):
+  """Appends the chunk to the cache, nothing sampled (logits at one position, discarded)."""
+  del mesh  # only part of the compilation key, as in `_prefill`
+  _, cache = model.apply({"params": params}, new_tokens_BxL, cache=cache, num_new_B=num_new_B,
+                         logits_at_B=jnp.zeros_like(num_new_B), attend_slots=attend_slots)
+  return cache
 
 
 @functools.partial(jax.jit, donate_argnames=("carry",), static_argnames=_STATIC)
@@ -322,6 +342,40 @@ def _check_inputs(cache, new_tokens_BxL, num_new_B, active_B, max_new_tokens, te
     raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
 
 
+def _donatable(cache: KVCache) -> KVCache:
+  """`cache` with distinct buffers: one buffer cannot be donated twice."""
+  buffers = [*cache.keys, *cache.values]
+  if len({id(b) for b in buffers}) < len(buffers):
+    cache = cache.replace(values=tuple(jnp.copy(v) for v in cache.values))
+  return cache
+
+
+def _mesh_context(mesh: Optional[jax.sharding.Mesh]):
+  if mesh is None:
+    return contextlib.nullcontext()
+  from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
+  return sharding.use_mesh(mesh)
+
+
+def feed(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, *, model: nn.Module,
+         mesh: Optional[jax.sharding.Mesh] = None) -> KVCache:
+  """Appends `new_tokens_BxL` (right-padded; row b's first `num_new_B[b]` tokens are real, 0 = none)
+  to `cache` without sampling, and returns the cache (`cache` is DONATED).
+
+  A prompt too long to prefill in one call is fed in pieces this way first, `generate` then taking
+  its last piece: a call's attention scores (rows × heads × new tokens × slots) stay bounded
+  (`RolloutSettings.prefill_chunk`). Arguments as in `generate`."""
+  new_tokens_BxL = jnp.asarray(new_tokens_BxL, jnp.int32)
+  num_new_np = distributed.host_local(num_new_B).astype(np.int32)
+  _check_inputs(cache, new_tokens_BxL, num_new_np, np.zeros(num_new_np.shape, bool), 1, 1.0, 1.0,
+                global_shapes=(np.shape(num_new_B), np.shape(num_new_B)))
+  window = distributed.agree_max(attend_window(distributed.host_local(cache.lengths_B), num_new_np, 0,
+                                               cache.capacity))
+  with _mesh_context(mesh):
+    return _feed(params, _donatable(cache), new_tokens_BxL, jnp.asarray(num_new_B, jnp.int32),
+                 model=model, mesh=mesh, attend_slots=window)
+
+
 def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Array, *,
              model: nn.Module, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
              stop_ids: Sequence[int] = (), pad_id: int = 0, active_B=None,
@@ -361,22 +415,16 @@ def generate(params: Any, cache: KVCache, new_tokens_BxL, num_new_B, rng: jax.Ar
   _check_inputs(cache, new_tokens_BxL, num_new_np, active_np, max_new_tokens, temperature, top_p,
                 global_shapes=(np.shape(num_new_B), np.shape(active_B)))
   stop_ids = tuple(sorted({int(t) for t in stop_ids}))
-  buffers = [*cache.keys, *cache.values]
-  if len({id(b) for b in buffers}) < len(buffers):  # one buffer cannot be donated twice
-    cache = cache.replace(values=tuple(jnp.copy(v) for v in cache.values))
+  cache = _donatable(cache)
   keys_B = row_keys(rng, new_tokens_BxL.shape[0])
   window = distributed.agree_max(attend_window(distributed.host_local(cache.lengths_B), num_new_np,
                                                int(max_new_tokens), cache.capacity))
-  context = contextlib.nullcontext()
   # Compaction gathers rows across the batch: one process only (other processes hold other rows);
   # a compacted batch stays a multiple of the data-parallel size.
   compact = 0
   if compact_rows and not distributed.is_multiprocess():
     compact = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-  if mesh is not None:
-    from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
-    context = sharding.use_mesh(mesh)
-  with context:
+  with _mesh_context(mesh):
     return _run(params, cache, new_tokens_BxL, jnp.asarray(num_new_B, jnp.int32),
                 jnp.asarray(active_B, bool), keys_B, segment=int(segment), compact=compact,
                 model=model, max_new_tokens=int(max_new_tokens), temperature=float(temperature),

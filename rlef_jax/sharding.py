@@ -45,6 +45,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # activations
     ("activation_batch", _BATCH),
     ("activation_length", None),
+    ("activation_residual_length", "tensor"),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
     ("activation_kv_heads", "tensor"),
@@ -131,6 +132,13 @@ def param_shardings(model: nn.Module, mesh: jax.sharding.Mesh, params: Any = Non
                        f"{type(model).__name__}'s params; was it built for another config?")
   specs = nn.get_partition_spec(boxed)
   return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def sampling_param_shardings(model: nn.Module, mesh: jax.sharding.Mesh) -> Any:
+  """`param_shardings` of the sampler's copy of the weights: split over `tensor` only (`embed` not
+  over `fsdp`), so a decoding step reads its weights in place and never all-gathers them."""
+  rules = tuple((name, None) if name == "embed" else (name, axes) for name, axes in LOGICAL_RULES)
+  return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_params(model)), mesh, rules)
 
 
 def shard_params(params: Any, shardings: Any) -> Any:

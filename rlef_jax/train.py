@@ -122,6 +122,7 @@ def _start(run: experiment.Run) -> _Training:
   value_params = model_lib.value_params_from_policy(ref_params, value_rng, run.llama_config)
   # The update donates the state, so the policy must not share buffers with the frozen reference.
   policy_params = jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
+  ref_params = model_lib.cast_floating(ref_params, c.rl.reference_dtype)  # ρ: forward passes only
   state = ppo.init_train_state(policy_params, value_params, policy_opt, value_opt, train_rng)
   state = round_batch.on_mesh(state, run.mesh)
   iterator = pipeline.make_iterator(

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 from rlef_jax import config as rc
 from rlef_jax import env_config
 from rlef_jax import model
+from rlef_jax import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = ("tiny", "llama8b", "llama70b")
@@ -191,10 +192,11 @@ def test_validate_missing_group_field():
 
 
 def test_validate_against_device_count():
-  config = load("llama8b")  # data -1, fsdp 8
+  config = load("llama8b")  # data -1, fsdp 4, tensor 2
   with pytest.raises(ValueError, match=r"8 slots but there are 4 devices|not divisible"):
     rc.validate(config, num_devices=4)
-  config.mesh.data, config.mesh.fsdp = -1, 3
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 3, 1
+  config.rl.score_batch_size, config.rl.num_microbatches = 64, 8
   config.rl.rollouts_per_round, config.rl.minibatch_size = 960, 240
   with pytest.raises(ValueError, match=r"config\.rl\.score_batch_size \(64\) must be a multiple of "
                                        r"the data-parallel size"):
@@ -217,6 +219,36 @@ def test_validate_against_device_count():
   with pytest.raises(ValueError, match=r"config\.rl\.minibatch_size \(240\) must be a multiple of "
                                        r"the data-parallel size mesh\.data \* mesh\.fsdp = 9"):
     rc.validate(config, num_devices=9)
+
+
+@pytest.mark.parametrize("name, num_devices", [
+    ("llama8b", 8), ("llama8b", 64), ("llama8b", 128),  # one 8-GPU host; the paper's 64 and 128 (App. A.1)
+    ("llama70b", 64), ("llama70b", 1024),  # eight hosts; the paper's 1024 (App. A.1)
+])
+def test_paper_device_counts_validate(name, num_devices):
+  """The paper's device counts (and the smallest host counts benchmarks/fit.py shows fitting) are
+  accepted: per-shard microbatches and scoring passes divide any data-parallel size."""
+  config = load(name)
+  rc.validate(config, num_devices=num_devices)
+  data, fsdp, _ = sharding.mesh_shape(config.mesh, num_devices)
+  assert config.rl.minibatch_size % (data * fsdp) == 0
+
+
+def test_per_shard_sizes_and_reference_dtype_are_checked():
+  config = load("tiny")
+  config.rl.num_microbatches, config.rl.score_batch_size = -1, -1
+  rc.validate(config, num_devices=8)  # 64 / 8 = 8 microbatches of 8; scoring passes of 8
+  config.rl.num_microbatches = -2
+  with pytest.raises(ValueError, match=r"config\.rl\.num_microbatches must be >= 1, or -1"):
+    rc.validate(config)
+  config.rl.num_microbatches = -1
+  config.rl.score_batch_size = -2
+  with pytest.raises(ValueError, match=r"config\.rl\.score_batch_size must be >= -1"):
+    rc.validate(config)
+  config.rl.score_batch_size = -1
+  config.rl.reference_dtype = "bfloat16"  # tiny computes in float32
+  with pytest.raises(ValueError, match=r"reference_dtype='bfloat16' needs config\.model\.dtype='bfloat16'"):
+    rc.validate(config)
 
 
 def test_llama_config_presets_and_overrides():

@@ -272,6 +272,20 @@ def test_bfloat16_compute_and_params_track_float32():
     assert {x.dtype for x in jax.tree.leaves((cache.keys, cache.values))} == {jnp.dtype(jnp.bfloat16)}
 
 
+def test_bfloat16_copy_of_the_params_gives_the_same_bfloat16_forward():
+  """config.rl.reference_dtype: in bf16 compute every weight is cast to bf16 before use, so a bf16
+  copy of the params (`cast_floating`, the frozen reference's storage) gives the same logits."""
+  cfg = dataclasses.replace(TINY, dtype="bfloat16")
+  params = _params(TINY, seed=5)
+  half = M.cast_floating(params, "bfloat16")
+  assert {x.dtype for x in jax.tree.leaves(half)} == {jnp.dtype(jnp.bfloat16)}
+  assert M.cast_floating(half, "bfloat16")["embed"]["embedding"] is half["embed"]["embedding"]
+  tokens = _tokens(6, (2, 12))
+  want, _ = _apply(cfg)({"params": params}, tokens)
+  got, _ = _apply(cfg)({"params": half}, tokens)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_value_model_is_policy_backbone_with_linear_head():
   policy = _params(TINY, seed=7)
   vp = M.value_params_from_policy(policy, jax.random.key(1), TINY)

@@ -174,12 +174,26 @@ def test_update_decreases_both_losses_on_a_fixed_batch(nets, adam_update):
 def test_microbatched_update_equals_one_pass(nets, sgd_update):
   batch = _minibatch(nets, seed=5)
   outs = []
-  for update in (sgd_update, ppo.make_update_step(
-      POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"), num_microbatches=2)):
+  for update in (sgd_update, *(ppo.make_update_step(
+      POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"), num_microbatches=m)
+                              for m in (2, ppo.PER_SHARD))):  # PER_SHARD, no mesh: B passes of 1
     state, metrics = update(_state(nets, SGD), batch)
     outs.append(jax.device_get((state.policy_params, state.value_params, metrics)))
-  for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for out in outs[1:]:
+    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(out)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_per_shard_microbatch_count():
+  """num_microbatches = PER_SHARD (-1): one episode per data-parallel shard per microbatch."""
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  assert ppo.microbatch_count(256, ppo.PER_SHARD, mesh) == 64
+  assert ppo.microbatch_count(256, ppo.PER_SHARD) == 256
+  assert ppo.microbatch_count(256, 8, mesh) == 8
+  with pytest.raises(ValueError, match=r"minibatch size 6 must be a multiple of the mesh's data × fsdp = 4"):
+    ppo.microbatch_count(6, ppo.PER_SHARD, mesh)
+  with pytest.raises(ValueError, match=r"num_microbatches must be >= 1, or -1"):
+    ppo.make_update_fn(POLICY, VALUE, *SGD, RL, num_microbatches=0)
 
 
 def test_chunked_logprobs_update_equals_one_pass(nets, sgd_update):

@@ -73,9 +73,10 @@ def _env_config(**overrides):
 
 
 def _engine(model, llama_config, tokenizer, pool, *, num_groups=1, temperature=1.0,
-            max_context_length=640, mesh=None, **env_overrides):
+            max_context_length=640, mesh=None, max_episodes=0, prefill_chunk=0, **env_overrides):
   settings = rollout_lib.RolloutSettings(max_new_tokens=NEW, max_context_length=max_context_length,
-                                         temperature=temperature, top_p=1.0, num_groups=num_groups)
+                                         temperature=temperature, top_p=1.0, num_groups=num_groups,
+                                         max_episodes=max_episodes, prefill_chunk=prefill_chunk)
   return rollout_lib.RolloutEngine(model, llama_config, tokenizer, pool, _env_config(**env_overrides),
                                    settings, mesh)
 
@@ -217,6 +218,42 @@ def test_grouping_does_not_change_episodes(model, llama_config, tokenizer, pool,
     runs.append([(r.episode.tokens, r.episode.policy_mask, r.episode.task_rewards) for r in records])
   assert runs[0] == runs[1] == runs[2]
   assert temperature == 0.0 or len({r[0] for r in runs[0]}) > 1  # real draws, not one repeated answer
+
+
+def test_batches_of_episodes_and_prefill_pieces_do_not_change_episodes(
+    model, llama_config, tokenizer, pool, params, problems, recorded):
+  """sampling.max_concurrent_episodes (2 at a time: 3 batches) and sampling.prefill_chunk (prompts
+  and feedback fed 16 tokens at a time, the sampler prefilling the last 16) only change how the
+  episodes are scheduled and fed to the cache: the episodes are the same."""
+  prompt = len(env_lib.start(problems[0], tokenizer, _env_config()).tokens)
+  assert prompt > 2 * 16  # several pieces
+  chunks = []
+  feed = sampler_lib.feed
+
+  def spy(params, cache, new_BxL, num_new_B, **kw):
+    chunks.append(np.asarray(new_BxL).shape[1])
+    return feed(params, cache, new_BxL, num_new_B, **kw)
+
+  engine = _engine(model, llama_config, tokenizer, pool, max_episodes=2, prefill_chunk=16)
+  mp = pytest.MonkeyPatch()
+  mp.setattr(rollout_lib.sampler_lib, "feed", spy)
+  try:
+    records, _ = engine.run(params, problems, jax.random.key(7))
+  finally:
+    mp.undo()
+  assert chunks and max(chunks) <= 16
+  got, want = _key(records), _key(recorded[0])
+  assert [k[:4] for k in got] == [k[:4] for k in want]  # tokens, mask, rewards, truncation
+  for rec, ref in zip(records, recorded[0]):
+    for a, b in zip(rec.behaviour_logp, ref.behaviour_logp):
+      np.testing.assert_allclose(a, b, atol=1e-5)
+  settings = rollout_lib.RolloutSettings(max_new_tokens=NEW, max_context_length=640, temperature=1.0,
+                                         top_p=1.0, max_episodes=2)
+  assert rollout_lib.sampler_rows(settings, len(problems)) == (1, 2)  # 2 groups of 1 row
+  settings = dataclasses.replace(settings, max_episodes=64)
+  assert rollout_lib.sampler_rows(settings, 1024, 4) == (32, 2)  # llama8b on one 8-GPU host
+  assert rollout_lib.sampler_rows(settings, 128, 32, processes=8) == (256, 2)  # on 8 hosts
+  assert rollout_lib.sampler_rows(settings, 3, 8) == (8, 1)  # padded to the data-parallel size
 
 
 def test_random_feedback_runs_other_problems_programs(model, llama_config, tokenizer, pool, params,

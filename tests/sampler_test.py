@@ -258,6 +258,42 @@ def test_a_row_samples_the_same_whatever_its_batch_mates(params):
   assert _generated(other, 0) != _generated(first, 0)
 
 
+def test_feeding_a_chunk_in_pieces_then_generating_equals_one_prefill(params):
+  """`feed` appends tokens without sampling: a prompt fed in pieces (rows of different lengths, some
+  with nothing in a piece) then `generate` on the rest samples what one prefill of it all samples."""
+  rng = np.random.default_rng(12)
+  rows = _random_rows(rng, [17, 5, 11])
+  keys = jax.random.split(jax.random.key(4), 3)
+  gen = functools.partial(sampler.generate, model=MODEL, temperature=1.0, max_new_tokens=NEW)
+  chunk, lens = _chunk(rows, width=20)
+  whole = gen(params, model_lib.init_cache(CFG, 3, S), chunk, lens, keys)
+  cache = model_lib.init_cache(CFG, 3, S)
+  head = [r[:max(0, len(r) - 4)] for r in rows]  # all but the last 4 tokens, 8 at a time
+  for start in range(0, 16, 8):
+    chunk, lens = _chunk([r[start:start + 8] for r in head], width=8)
+    cache = sampler.feed(params, cache, chunk, lens, model=MODEL)
+  np.testing.assert_array_equal(np.asarray(cache.lengths_B), [len(r) for r in head])
+  chunk, lens = _chunk([r[len(h):] for r, h in zip(rows, head)], width=4)
+  pieces = gen(params, cache, chunk, lens, keys)
+  for b in range(3):
+    assert _generated(pieces, b) == _generated(whole, b)
+  np.testing.assert_allclose(np.asarray(pieces.logprobs_BxT), np.asarray(whole.logprobs_BxT), atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(pieces.lengths_B), np.asarray(whole.lengths_B))
+
+
+def test_prepare_on_a_mesh_lays_weights_out_for_decoding(params):
+  """With a mesh, the sampler's copy of the weights is split over `tensor` only (never gathered)."""
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+  placed = sharding.shard_params(params, sharding.param_shardings(MODEL, mesh))
+  prepared, model = sampler.prepare(placed, CFG, mesh)
+  want = sharding.sampling_param_shardings(model, mesh)
+  for x, s in zip(jax.tree.leaves(prepared), jax.tree.leaves(want)):
+    assert x.sharding.is_equivalent_to(s, x.ndim)
+  assert all("fsdp" not in str(s.spec) for s in jax.tree.leaves(want))
+  plain, _ = sampler.prepare(params, CFG)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), prepared, plain)
+
+
 def test_attend_window_covers_what_a_call_can_touch():
   assert sampler.attend_window(np.array([10, 3]), np.array([5, 0]), 20, 4096) == 128
   assert sampler.attend_window(np.array([100, 3]), np.array([20, 0]), 8, 4096) == 256  # 129 needed

@@ -121,9 +121,9 @@ def test_every_logical_axis_of_the_design_has_one_rule():
   names = [name for name, _ in sharding.logical_rules()]
   assert len(names) == len(set(names))
   design = {"vocab", "embed", "q_heads", "kv_heads", "head_dim", "mlp", "norm", "layers",
-            "activation_batch", "activation_length", "activation_embed", "activation_heads",
-            "activation_kv_heads", "activation_mlp", "activation_vocab", "cache_batch",
-            "cache_length", "cache_kv_heads", "cache_head_dim"}
+            "activation_batch", "activation_length", "activation_residual_length",
+            "activation_embed", "activation_heads", "activation_kv_heads", "activation_mlp",
+            "activation_vocab", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim"}
   assert set(names) == design
 
 
@@ -274,3 +274,32 @@ def test_shard_batch_rejects_indivisible_batch():
   mesh = mesh_of((2, 2, 2))
   with pytest.raises(ValueError, match=r"multiple of mesh data × fsdp = 4"):
     sharding.shard_batch(mesh, {"tokens": np.zeros((6, 3), np.int32)})
+
+
+def test_scanned_layers_split_the_residual_stream_over_tensor():
+  """Stacked layers keep the residual stream between layers split along the length over `tensor`
+  (what remat saves of each layer: not a full copy per tensor-parallel device); the loss and its
+  gradient equal the single-device ones."""
+  mesh = mesh_of((1, 4, 2))
+  llama = model.Llama(model.LlamaConfig(**{**CFG.__dict__, "scan_layers": True, "remat": True}))
+  params = jax.jit(lambda r: nn.unbox(llama.init(r, tokens())["params"]))(jax.random.key(2))
+  loss = lambda p, t: jnp.mean(jnp.square(llama.apply({"params": p}, t)[0]))
+  expected = jax.jit(jax.value_and_grad(loss))(params, tokens())
+  step = jax.jit(jax.value_and_grad(loss))
+  sharded = sharding.shard_params(params, sharding.param_shardings(llama, mesh))
+  with sharding.use_mesh(mesh):
+    got = step(sharded, sharding.shard_batch(mesh, tokens()))
+    text = step.lower(sharded, sharding.shard_batch(mesh, tokens())).as_text()
+  assert any('{"data", "fsdp"}, {"tensor"}, {}' in c for c in re.findall(r"sharding_constraint.*", text))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, expected)
+
+
+def test_sampling_param_shardings_split_over_tensor_only():
+  """The sampler's copy of the weights: the training layout without `fsdp` (no all-gather when
+  decoding), e.g. q kernel [embed, q_heads, head_dim] -> (None, "tensor", None)."""
+  mesh = mesh_of((1, 4, 2))
+  shardings = sharding.sampling_param_shardings(model.Llama(CFG), mesh)
+  for path, s in jax.tree_util.tree_leaves_with_path(shardings):
+    name = "/".join(k.key for k in path)
+    axes = tuple(None if a == "fsdp" else a for a in expected_axes(name, len(s.spec) or 1))
+    assert s.is_equivalent_to(NamedSharding(mesh, P(*axes)), len(axes)), (name, s)

@@ -209,6 +209,19 @@ def test_a_url_workdir_is_refused_not_turned_into_a_local_directory(tmp_path, da
   assert not (tmp_path / "gs:").exists()
 
 
+def test_score_batch_size_per_shard():
+  """rl.score_batch_size: n episodes a pass, 0 = the whole round, -1 = one per data-parallel shard."""
+  import ml_collections
+  from rlef_jax import sharding
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2}))
+  config = ml_collections.ConfigDict({"rl": {"score_batch_size": 0}})
+  assert round_batch.score_batch_size(config, 1024, mesh) == 1024
+  config.rl.score_batch_size = 64
+  assert round_batch.score_batch_size(config, 1024, mesh) == 64
+  config.rl.score_batch_size = -1
+  assert round_batch.score_batch_size(config, 1024, mesh) == 4
+
+
 def test_scoring_by_length_chunks_equals_scoring_the_whole_round(tmp_path, data_dir):
   """rl.score_batch_size: episodes scored a few at a time, sorted by length and padded to each
   chunk's longest, give the whole-round log-probs and values wherever an episode has tokens."""
