@@ -132,23 +132,14 @@ def single_turn_one_at_three(outcomes: Sequence[dict[str, Any]]) -> list[float]:
   return successes
 
 
-def run_split(engine: rollout_lib.RolloutEngine, params: Any, problems: Sequence[Any], rng: Any,
-              batch_size: int = 0) -> tuple[list[dict[str, Any]], rollout_lib.RolloutStats]:
+def run_split(engine: rollout_lib.RolloutEngine, params: Any, problems: Sequence[Any], rng: Any
+              ) -> tuple[list[dict[str, Any]], rollout_lib.RolloutStats]:
   """Every episode's outcome, in the order of `problems`; with several processes each runs an
-  equal block (the last process's padded with repeats that are dropped) and all get every outcome.
-  `batch_size` > 0 runs a process's block that many episodes at a time (the KV caches of one call
-  grow with its episodes); an episode's samples do not depend on it."""
+  equal block (the last process's padded with repeats that are dropped) and all get every outcome."""
   count, index = jax.process_count(), jax.process_index()
   per = -(-len(problems) // count)
   padded = list(problems) + [problems[-1]] * (per * count - len(problems))
-  block = padded[index * per:(index + 1) * per]
-  size = batch_size or per
-  records, stats = [], rollout_lib.RolloutStats()
-  for start in range(0, per, size):
-    part, part_stats = engine.run(params, block[start:start + size], rng, feedback_problems=block,
-                                  first_episode=index * per + start)
-    records += part
-    stats += part_stats
+  records, stats = engine.run(params, padded[index * per:(index + 1) * per], rng)
   outcomes = [episode_outcome(r) for r in records]
   gathered = [o for part in distributed.allgather_objects(outcomes) for o in part]
   return gathered[:len(problems)], stats
@@ -156,12 +147,12 @@ def run_split(engine: rollout_lib.RolloutEngine, params: Any, problems: Sequence
 
 def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.RolloutEngine | None,
              params: Any, problems: Sequence[Any], *, num_rollouts: int, rng: Any,
-             seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES, batch_size: int = 0
+             seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """Runs the evaluation episodes; returns (summary, per-episode outcomes)."""
 
   mt_problems = [p for p in problems for _ in range(num_rollouts)]
-  mt, stats = run_split(engine_mt, params, mt_problems, jax.random.fold_in(rng, 0), batch_size)
+  mt, stats = run_split(engine_mt, params, mt_problems, jax.random.fold_in(rng, 0))
   mt = [dict(o, mode="multi_turn") for o in mt]
   summary: dict[str, Any] = {
       "problems": len(problems), "rollouts_per_problem": num_rollouts,
@@ -174,8 +165,7 @@ def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.Rollou
   outcomes = mt
   if engine_st is not None:
     st_problems = [p for p in problems for _ in range(3 * num_rollouts)]
-    st, st_stats = run_split(engine_st, params, st_problems, jax.random.fold_in(rng, 1),
-                             batch_size)
+    st, st_stats = run_split(engine_st, params, st_problems, jax.random.fold_in(rng, 1))
     st = [dict(o, mode="single_turn") for o in st]
     summary["single_turn_pass1"] = _summary([o["solved"] for o in st], seed, resamples)
     summary["single_turn_1at3"] = _summary(single_turn_one_at_three(st), seed, resamples)
@@ -251,7 +241,7 @@ def run_evaluation(run: experiment.Run, params: Any, problems: Sequence[Any], na
   summary, outcomes = evaluate(
       mt, st if single_turn and c.eval.single_turn else None, params, problems,
       num_rollouts=c.eval.num_rollouts_per_problem, rng=rng, seed=c.train.seed,
-      resamples=c.eval.bootstrap_resamples, batch_size=c.eval.batch_size)
+      resamples=c.eval.bootstrap_resamples)
   summary.update(name=name, checkpoint=checkpoint, step=step, dataset=c.eval.dataset or c.data.name,
                  split=split or c.eval.split, feedback=feedback, max_turns=max_turns,
                  temperature=c.eval.temperature, top_p=c.eval.top_p)

@@ -63,10 +63,6 @@ class RolloutStats:
   execution_wait_seconds: float = 0.0
   generated_tokens: int = 0
 
-  def __add__(self, other: "RolloutStats") -> "RolloutStats":
-    return RolloutStats(*(getattr(self, f.name) + getattr(other, f.name)
-                          for f in dataclasses.fields(self)))
-
   def as_metrics(self) -> dict[str, float]:
     total = max(self.seconds, 1e-9)
     return {"rollout/seconds": self.seconds,
@@ -280,14 +276,11 @@ class RolloutEngine:
 
   # -- a whole batch ----------------------------------------------------------------------------
   def run(self, params: Any, problems: Sequence[Any], rng: jax.Array,
-          feedback_problems: Optional[Sequence[Any]] = None,
-          first_episode: Optional[int] = None) -> tuple[list[EpisodeRecord], RolloutStats]:
+          feedback_problems: Optional[Sequence[Any]] = None) -> tuple[list[EpisodeRecord], RolloutStats]:
     """Runs one episode per entry of `problems` (repeat a problem for several samples).
 
     `feedback_problems`: the split the random-feedback ablation draws other problems from (paper
-    App. C.2); defaults to `problems`. `first_episode`: the number of this process's first episode
-    in the caller's numbering (episode numbers key the sampling, so an episode draws the same tokens
-    in whichever call or batch it runs); default: processes number their episodes in process order.
+    App. C.2); defaults to `problems`.
     """
     stats = RolloutStats()
     start = time.perf_counter()
@@ -309,8 +302,7 @@ class RolloutEngine:
                          f"(now {multiple}) is a multiple of the process count, so that every "
                          "process holds its own rows of the batch")
       distributed.agree_equal(len(problems), "the number of episodes per process")
-    if first_episode is None:  # processes run equal numbers of episodes
-      first_episode = jax.process_index() * len(problems)
+    first_episode = jax.process_index() * len(problems)  # processes run equal numbers of episodes
     records: list[Optional[EpisodeRecord]] = [None] * len(problems)
     # At most `max_episodes` episodes (and their KV caches) at a time; an episode's samples depend
     # on its own index only (row keys), so batching does not change them.
