@@ -304,7 +304,7 @@ def test_a_sandbox_killed_mid_round_fails_only_its_tests_and_the_pool_recovers(s
   env_config.max_turns = 2
   settings = rollout_lib.RolloutSettings(max_new_tokens=128, max_context_length=2048, temperature=1.0,
                                          top_p=1.0, num_groups=1)
-  monkeypatch.setattr(rollout_lib.sampler_lib, "prepare", lambda params, config: (params, None))
+  monkeypatch.setattr(rollout_lib.sampler_lib, "prepare", lambda params, config, mesh=None: (params, None))
 
   with ExecutionPool(workers=2) as pool:
     engine = rollout_lib.RolloutEngine(None, llama_config, tok, pool, env_config, settings)

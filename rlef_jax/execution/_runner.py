@@ -58,6 +58,7 @@ import types
 
 CONFIG = json.loads(sys.argv[1])
 PID1 = os.getpid() == 1
+CLEANING_UP = False  # set on the way out: a parent-death SIGTERM then no longer interrupts the clean-up
 RUNNER_FILE = os.path.abspath(__file__)
 _codec = {}
 exec(compile(open(CONFIG["codec"]).read(), "<codec>", "exec"), _codec)
@@ -812,13 +813,15 @@ def _serve():
 
 def _on_sigterm(*_):
     # The parent-death signal comes again as each thread of the dying host exits (the runner is
-    # reparented to the next one): exit on the first, and let nothing interrupt the clean-up.
+    # reparented to the next one): exit on the first, and let nothing interrupt the clean-up -- which
+    # may already be under way, since the host's death also closes our stdin (EOF ends `_serve`).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.exit(0)
+    if not CLEANING_UP:
+        sys.exit(0)
 
 
 def main():
-    global PID1
+    global PID1, CLEANING_UP
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     if not PID1:
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -840,6 +843,7 @@ def main():
             os.chmod(own_dir, 0o755)
         _serve()
     finally:
+        CLEANING_UP = True  # (no eval-breaker check before this store: a SIGTERM cannot get in first)
         _kill_leftovers()
         if own_dir and os.path.lexists(own_dir):
             shutil.rmtree(own_dir, onerror=_force_remove)
