@@ -19,16 +19,19 @@ directory and params directory carries `rlef_manifest.json`: each file under it 
 sha256), written by the primary process (process 0; the other processes' files are in the same
 directory on shared storage) and checked on restore.
 
-* **Where it is written.** Orbax writes a checkpoint into `STEP.orbax-checkpoint-tmp` and finalizes
-  it by an atomic rename to `STEP` (local and mounted filesystems; `gs://` paths are not supported
-  here). `_ManifestTemporaryPath` (orbax's `temporary_path_class` hook, for `CheckpointManager` and
-  `ocp.Checkpointer` alike, async or not) writes the manifest into the temporary directory after
-  every process has written its data and the handlers have finalized (OCDBT merge) and just before
-  that rename. So a step that orbax lists always has its manifest: a SIGKILL at any point of a save
-  leaves either a temporary directory that orbax ignores (the next start resumes from the last
-  complete step) or a complete step with its manifest. No crash window lets a finished step lack one.
-  (Orbax 0.12 marks `temporary_path_class` deprecated in favour of `atomicity_options`, which has
-  no hook; tests/checkpoint_integrity_test.py fails if an orbax upgrade stops calling it.)
+* **Where it is written.** On a local (or mounted) file system orbax writes a checkpoint into
+  `STEP.orbax-checkpoint-tmp` and finalizes it by an atomic rename to `STEP`; on an object store
+  (`gs://...`, see `rlef_jax.storage`), which has no rename, it writes `STEP` in place and finalizes
+  it by writing `STEP/commit_success.txt` last, and only steps with that file are listed.
+  `_ManifestTemporaryPath` / `_ManifestCommitFilePath` (orbax's `temporary_path_class` hook, for
+  `CheckpointManager` and `ocp.Checkpointer` alike, async or not) write the manifest after every
+  process has written its data and the handlers have finalized (OCDBT merge), just before that rename
+  or commit file. So a step that orbax lists always has its manifest: a SIGKILL at any point of a save
+  leaves either a temporary (or uncommitted) directory that orbax ignores (the next start resumes
+  from the last complete step) or a complete step with its manifest. No crash window lets a finished
+  step lack one. (Orbax 0.12 marks `temporary_path_class` deprecated in favour of
+  `atomicity_options`, which has no hook; tests/checkpoint_integrity_test.py fails if an orbax
+  upgrade stops calling it.)
 * **What it covers.** Every file in the directory at that moment except orbax's own top-level
   `_CHECKPOINT_METADATA` (orbax rewrites its commit timestamp afterwards) and `commit_success.txt`
   (written afterwards); both only describe the step, the arrays and the JSON items are all covered.
@@ -73,12 +76,14 @@ import os
 import sys
 from typing import Any, Callable, Mapping
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from rlef_jax import distributed
 from rlef_jax import errors
+from rlef_jax import storage
 
 _BYTES_TAG = "__rlef_bytes_b64__"
 
@@ -87,66 +92,56 @@ _MANIFEST_FORMAT = "rlef_manifest/1"
 # Orbax's own top-level files, (re)written after the manifest while finalizing (see the docstring).
 _UNLISTED = frozenset({MANIFEST, MANIFEST + ".tmp", "_CHECKPOINT_METADATA", "commit_success.txt"})
 _HASH_CHUNK = 16 << 20
+# The items this module saves: their own directories inside a step get no manifest (the step's covers them).
+_ITEM_NAMES = frozenset({"state", "extra", "params", "metadata"})
 
 
-def _sha256(path: str) -> str:
+def _sha256(path: epath.Path) -> str:
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     while chunk := f.read(_HASH_CHUNK):
       digest.update(chunk)
   return digest.hexdigest()
 
 
-def _hash_all(paths: list[str]) -> list[str]:
+def _hash_all(paths: list[epath.Path]) -> list[str]:
   """sha256 of each file, in threads (hashlib releases the GIL on large buffers)."""
   workers = max(1, min(8, os.cpu_count() or 1, len(paths)))
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     return list(pool.map(_sha256, paths))
 
 
-def _listed_files(directory: str) -> list[str]:
+def _listed_files(directory: epath.Path) -> list[str]:
   """Relative paths of the files a manifest of `directory` covers, sorted."""
-  found = []
-  for root, dirs, files in os.walk(directory):
-    dirs.sort()
-    for name in files:
-      rel = os.path.relpath(os.path.join(root, name), directory)
-      if rel not in _UNLISTED:
-        found.append(rel.replace(os.sep, "/"))
-  return sorted(found)
+  return [rel for rel in storage.files_under(directory) if rel not in _UNLISTED]
 
 
 def write_manifest(directory: str | os.PathLike) -> None:
   """Writes `directory/rlef_manifest.json` (path, size, sha256 of each file), atomically."""
-  directory = os.fspath(directory)
+  directory = storage.path(directory)
   rels = _listed_files(directory)
-  paths = [os.path.join(directory, r) for r in rels]
-  sizes = [os.path.getsize(p) for p in paths]
+  paths = [directory / r for r in rels]
+  sizes = [storage.size(p) for p in paths]
   digests = _hash_all(paths)
   manifest = {"format": _MANIFEST_FORMAT,
               "files": {r: {"size": n, "sha256": h} for r, n, h in zip(rels, sizes, digests)}}
-  tmp = os.path.join(directory, MANIFEST + ".tmp")
-  with errors.writing(tmp), open(tmp, "w") as f:
-    json.dump(manifest, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(directory, MANIFEST))
+  storage.write_atomic(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 class _NoManifest(Exception):
   pass
 
 
-def _manifest_problem(directory: str) -> str | None:
+def _manifest_problem(directory: str | os.PathLike) -> str | None:
   """Why `directory` does not match its manifest (the first bad file), or None when it does.
 
   Raises `_NoManifest` when there is no manifest."""
-  path = os.path.join(directory, MANIFEST)
-  if not os.path.exists(path):
+  directory = storage.path(directory)
+  path = directory / MANIFEST
+  if not path.exists():
     raise _NoManifest(directory)
   try:
-    with open(path) as f:
-      manifest = json.load(f)
+    manifest = json.loads(path.read_text())
     files = manifest["files"]
     if manifest.get("format") != _MANIFEST_FORMAT or not isinstance(files, dict):
       raise ValueError(f"unknown format {manifest.get('format')!r}")
@@ -154,13 +149,13 @@ def _manifest_problem(directory: str) -> str | None:
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     return f"{MANIFEST}: unreadable ({e})"
   for rel, size, _ in entries:  # cheap checks first: a truncated or missing file needs no hashing
-    full = os.path.join(directory, rel)
-    if not os.path.isfile(full):
+    full = directory / rel
+    if not full.exists() or full.is_dir():
       return f"{rel}: missing"
-    actual = os.path.getsize(full)
+    actual = storage.size(full)
     if actual != size:
       return f"{rel}: size {actual} bytes, expected {size}"
-  digests = _hash_all([os.path.join(directory, rel) for rel, _, _ in entries])
+  digests = _hash_all([directory / rel for rel, _, _ in entries])
   for (rel, _, expected), actual in zip(entries, digests):
     if actual != expected:
       return f"{rel}: checksum mismatch (sha256 {actual[:12]}..., expected {expected[:12]}...)"
@@ -188,8 +183,23 @@ class _ManifestTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
 
   async def finalize(self, *args, **kwargs):
     if ocp.path.atomicity.TMP_DIR_SUFFIX not in self.get_final().parent.name:
-      write_manifest(os.fspath(self.get()))
+      write_manifest(self.get())
     return await super().finalize(*args, **kwargs)
+
+
+class _ManifestCommitFilePath(ocp.path.atomicity.CommitFileTemporaryPath):
+  """Orbax's object-store finalization (the step written in place, `commit_success.txt` last), with
+  the manifest written just before the commit file. Items (`STEP/state`, `DIR/params`, ...) are
+  finalized first and get no manifest of their own."""
+
+  async def finalize(self, *args, **kwargs):
+    if self.get_final().name not in _ITEM_NAMES:
+      write_manifest(self.get())
+    return await super().finalize(*args, **kwargs)
+
+
+def _temporary_path_class(directory: epath.Path) -> type:
+  return _ManifestCommitFilePath if storage.is_url(directory) else _ManifestTemporaryPath
 
 
 class _DropOutOfSpaceTracebacks(logging.Filter):
@@ -280,21 +290,22 @@ def _abstract_from_metadata(tree_metadata, shardings) -> Any:
       lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), tree_metadata, shardings)
 
 
-def _params_checkpointer() -> ocp.Checkpointer:
+def _params_checkpointer(directory: epath.Path) -> ocp.Checkpointer:
   return ocp.Checkpointer(ocp.CompositeCheckpointHandler(
       params=ocp.StandardCheckpointHandler(), metadata=ocp.JsonCheckpointHandler()),
-      temporary_path_class=_ManifestTemporaryPath)
+      temporary_path_class=_temporary_path_class(directory))
 
 
 def save_params(directory: str | os.PathLike, params: Any, *, metadata: dict) -> None:
   """Writes `params` and a JSON `metadata` dict to a new params directory (blocks until written)."""
-  directory = os.path.abspath(os.fspath(directory))
-  if os.path.exists(directory):
+  directory = storage.path(directory)
+  if directory.exists():
     raise FileExistsError(f"save_params: {directory} already exists; choose a new directory or "
                           "delete it first")
   _check_json("save_params metadata", metadata)
   _quiet_out_of_space_logs()
-  with errors.writing(directory, f"{directory} was not written"), _params_checkpointer() as ckptr:
+  with (errors.writing(os.fspath(directory), f"{directory} was not written"),
+        _params_checkpointer(directory) as ckptr):
     ckptr.save(directory, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         metadata=ocp.args.JsonSave(_encode_json(metadata))))
@@ -317,7 +328,7 @@ def restore_params(directory: str | os.PathLike, *, shardings: Any = None,
   directory = _params_directory(directory)
   if verify:
     _verify_params_directory(directory)
-  with _params_checkpointer() as ckptr:
+  with _params_checkpointer(directory) as ckptr:
     tree_metadata = ckptr.metadata(directory).item_metadata["params"].tree
     abstract = _abstract_from_metadata(tree_metadata, shardings)
     restored = ckptr.restore(directory, args=ocp.args.Composite(
@@ -329,20 +340,20 @@ def restore_params(directory: str | os.PathLike, *, shardings: Any = None,
 def params_metadata(directory: str | os.PathLike) -> Any:
   """The saved params' tree of array metadata (`.shape`, `.dtype`), read without the arrays."""
   directory = _params_directory(directory)
-  with _params_checkpointer() as ckptr:
+  with _params_checkpointer(directory) as ckptr:
     return ckptr.metadata(directory).item_metadata["params"].tree
 
 
-def _params_directory(directory: str | os.PathLike) -> str:
-  directory = os.path.abspath(os.fspath(directory))
-  if not os.path.isdir(os.path.join(directory, "params")):
+def _params_directory(directory: str | os.PathLike) -> epath.Path:
+  directory = storage.path(directory)
+  if not (directory / "params").is_dir():
     raise errors.MissingPathError(
         f"{directory} is not a params directory (no 'params' item); write one with "
         "rlef_jax.checkpoint.save_params or `python -m rlef_jax.convert`")
   return directory
 
 
-def _verify_params_directory(directory: str) -> None:
+def _verify_params_directory(directory: epath.Path) -> None:
   def check():
     try:
       return "bad", _manifest_problem(directory)
@@ -379,7 +390,7 @@ class Checkpointer:
     manifest of its files' checksums; `verify` checks it on `restore` (see the module docstring)."""
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"Checkpointer max_to_keep must be >= 1 or None (keep all), got {max_to_keep}")
-    self.directory = os.path.abspath(os.fspath(directory))
+    self.directory = storage.path(directory)
     self.verify = verify
     self._saving: int | None = None  # the step of the last save started (may still be running)
     _quiet_out_of_space_logs()
@@ -388,7 +399,7 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, keep_period=keep_period or None,
             enable_async_checkpointing=async_save, create=True,
-            temporary_path_class=_ManifestTemporaryPath),
+            temporary_path_class=_temporary_path_class(self.directory)),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "extra": ocp.JsonCheckpointHandler()})
 
@@ -435,8 +446,8 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))
     return restored["state"], _decode_json(restored["extra"])
 
-  def step_directory(self, step: int) -> str:
-    return os.path.join(self.directory, str(int(step)))
+  def step_directory(self, step: int) -> epath.Path:
+    return self.directory / str(int(step))
 
   def check(self, step: int) -> None:
     """Raises `errors.InputError` unless `step`'s files match its manifest (see the module
@@ -459,7 +470,7 @@ class Checkpointer:
 
   def _check_on_this_process(self, step: int) -> tuple[str, str | None]:
     steps = self.all_steps()
-    has_manifest = {s: os.path.exists(os.path.join(self.step_directory(s), MANIFEST)) for s in steps}
+    has_manifest = {s: (self.step_directory(s) / MANIFEST).exists() for s in steps}
     below = lambda s: any(has_manifest[t] for t in steps if t < s)
     step_dir = self.step_directory(step)
     kind, problem = self._step_status(step, below(step))
@@ -474,7 +485,7 @@ class Checkpointer:
         continue
       how = "verifies" if older_kind == "ok" else f"has no {MANIFEST} (unverified)"
       if step == steps[-1]:
-        doomed = " ".join(self.step_directory(s) for s in steps if s > older)
+        doomed = " ".join(str(self.step_directory(s)) for s in steps if s > older)
         offer = f"the previous checkpoint, step {older}, {how}: delete {doomed} to resume from it"
       else:
         offer = f"the previous checkpoint, step {older}, {how}: restore that step instead"
@@ -502,7 +513,7 @@ class Checkpointer:
       kept = (f"the newest complete checkpoint, step {max(complete)}, is intact and a rerun resumes "
               "from it" if complete else "no complete checkpoint was written before it")
       note = f"checkpoint step {self._saving} in {self.directory} was not saved; {kept}"
-      raise errors.OutOfSpaceError(found.errno, found.filename or self.directory, note) from e
+      raise errors.OutOfSpaceError(found.errno, found.filename or os.fspath(self.directory), note) from e
 
   def close(self) -> None:
     with self._out_of_space_named():

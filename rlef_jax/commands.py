@@ -15,31 +15,43 @@ from ml_collections import config_flags
 
 from rlef_jax import config as config_lib
 from rlef_jax import errors
+from rlef_jax import storage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluations.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluations: a "
+                                "local path or an object-store URL (gs://bucket/run; rlef_jax.storage).")
 
 
 def check_workdir(workdir: str) -> None:
-  """Refuses a workdir that cannot be one, before anything is built or written: a URL (`gs://...`:
-  paths here go through `os.path`, so one would silently become a local directory named `gs:` on each
-  host instead of the shared bucket), a path that is not a directory, or one this user cannot read,
-  write or create."""
+  """Refuses a workdir that cannot be one, before anything is built or written: a URL of a scheme
+  `rlef_jax.storage` does not handle, a path that is not a directory, or (local) one this user cannot
+  read, write or create. An object-store URL (`gs://bucket/run`) is checked for what it holds only:
+  the bucket's permissions show at the first write."""
+  try:
+    where = storage.path(workdir)
+  except errors.ConfigError as e:  # an unknown URL scheme
+    raise errors.ConfigError(f"--workdir={e}") from None
+  if storage.is_url(where):
+    try:
+      exists, is_dir = where.exists(), where.is_dir()
+    except Exception as e:  # noqa: BLE001 - a missing backend, credentials, network: one line
+      raise errors.InputError(f"--workdir={workdir}: cannot reach it ({type(e).__name__}: {e})") from None
+    if exists and not is_dir:
+      raise errors.InputError(f"--workdir={workdir} is an object, not a directory (prefix); pass a "
+                              "directory (a new one is created)")
+    return
   workdir = str(workdir)
-  if "://" in workdir:
-    raise errors.ConfigError(
-        f"--workdir={workdir}: URL workdirs are not supported yet; mount the bucket at the same path on "
-        "every host (gcsfuse, or an NFS share) and pass that path (experiments/tpu/README.md, \"Workdir\")")
-  if os.path.exists(workdir):
-    if not os.path.isdir(workdir):
+  local = os.fspath(where)
+  if os.path.exists(local):
+    if not os.path.isdir(local):
       raise errors.InputError(f"--workdir={workdir} exists and is not a directory; pass a directory "
                               "(a new one is created)")
-    if not os.access(workdir, os.R_OK | os.W_OK | os.X_OK):
+    if not os.access(local, os.R_OK | os.W_OK | os.X_OK):
       raise errors.InputError(f"--workdir={workdir}: this user cannot read and write it (permissions "
-                              f"{oct(os.stat(workdir).st_mode & 0o777)})")
+                              f"{oct(os.stat(local).st_mode & 0o777)})")
     return
-  parent = os.path.dirname(os.path.abspath(workdir))
+  parent = os.path.dirname(local)
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent):
@@ -50,7 +62,7 @@ def check_workdir(workdir: str) -> None:
 
 def make_workdir(workdir: str) -> None:
   try:
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
   except OSError as e:
     raise errors.InputError(f"--workdir={workdir} cannot be created: {e.strerror or e}") from None
 

@@ -51,6 +51,7 @@ from rlef_jax import model as model_lib
 from rlef_jax import ppo
 from rlef_jax import rollout as rollout_lib
 from rlef_jax import sharding
+from rlef_jax import storage
 from rlef_jax import warmstart
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
@@ -174,17 +175,17 @@ def evaluate(engine_mt: rollout_lib.RolloutEngine, engine_st: rollout_lib.Rollou
   return summary, outcomes
 
 
-def write_results(directory: str, name: str, summary: dict[str, Any],
+def write_results(directory: str | os.PathLike, name: str, summary: dict[str, Any],
                   outcomes: Sequence[dict[str, Any]]) -> str:
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, f"{name}.json")
-  with errors.writing(path), open(path, "w") as f:
-    json.dump(summary, f, indent=2)
-  episodes = os.path.join(directory, f"{name}.episodes.jsonl")
-  with errors.writing(episodes), open(episodes, "w") as f:
-    for o in outcomes:
-      f.write(json.dumps(o) + "\n")
-  return path
+  """Writes `DIR/NAME.json` (the summary) and `DIR/NAME.episodes.jsonl` (one line per episode), each
+  whole or not at all (local or object-store `DIR`); returns the summary's path. The episodes are
+  written first: a summary on disk always has its episodes."""
+  directory = storage.makedirs(directory)
+  storage.write_atomic(directory / f"{name}.episodes.jsonl",
+                       "".join(json.dumps(o) + "\n" for o in outcomes))
+  path = directory / f"{name}.json"
+  storage.write_atomic(path, json.dumps(summary, indent=2))
+  return os.fspath(path)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -246,7 +247,7 @@ def run_evaluation(run: experiment.Run, params: Any, problems: Sequence[Any], na
                  split=split or c.eval.split, feedback=feedback, max_turns=max_turns,
                  temperature=c.eval.temperature, top_p=c.eval.top_p)
   if jax.process_index() == 0:
-    path = write_results(os.path.join(run.workdir, EVAL_DIR), name, summary, outcomes)
+    path = write_results(storage.path(run.workdir) / EVAL_DIR, name, summary, outcomes)
     logging.info("evaluation %s: %s (%s)", name, format_summary(summary), path)
     print(f"[eval {name}] {format_summary(summary)}", flush=True)
   return summary
@@ -255,23 +256,20 @@ def run_evaluation(run: experiment.Run, params: Any, problems: Sequence[Any], na
 BEST_FILE = "best.json"
 
 
-def record_best(workdir: str, summary: dict, metric: str) -> None:
+def record_best(workdir: str | os.PathLike, summary: dict, metric: str) -> None:
   """Keeps `WORKDIR/best.json` pointing at the evaluated checkpoint with the highest `metric` on the
   evaluation split (paper App. A.1: the final checkpoint is selected on valid); ties keep the earlier."""
   if jax.process_index() != 0 or metric not in summary:
     return
-  path = os.path.join(workdir, BEST_FILE)
+  path = storage.path(workdir) / BEST_FILE
   value = float(summary[metric]["mean"])
-  if os.path.exists(path):
-    with open(path) as f:
-      best = json.load(f)
+  if path.exists():
+    best = json.loads(path.read_text())
     if best.get("metric") == metric and best["value"] >= value:
       return
   entry = {"checkpoint": summary["checkpoint"], "step": summary["step"], "metric": metric, "value": value,
            "split": summary.get("split"), "evaluation": summary["name"]}
-  with errors.writing(path + ".tmp"), open(path + ".tmp", "w") as f:
-    json.dump(entry, f, indent=2)
-  os.replace(path + ".tmp", path)
+  storage.write_atomic(path, json.dumps(entry, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,28 +279,27 @@ def record_best(workdir: str, summary: dict, metric: str) -> None:
 def evaluated_params(run: experiment.Run, which: Optional[str]) -> tuple[Any, str, Optional[int]]:
   """(params, checkpoint name, step) of `--checkpoint`: a step, 'best', 'warmstart'/'reference', a
   params directory, or (None) the latest train checkpoint."""
-  c, workdir = run.config, run.workdir
+  c, workdir = run.config, storage.path(run.workdir)
   shardings = sharding.param_shardings(run.policy_model, run.mesh)
   if which == "best":
-    path = os.path.join(workdir, BEST_FILE)
-    if not os.path.exists(path):
+    path = workdir / BEST_FILE
+    if not path.exists():
       raise errors.MissingPathError(f"--checkpoint=best: {path} does not exist (it is written by training "
                                     "runs that evaluate, train.eval_every > 0 or the final evaluation)")
-    with open(path) as f:
-      best = json.load(f)
+    best = json.loads(path.read_text())
     print(f"[evaluate] best checkpoint by {best['metric']} on {best.get('split')}: {best['checkpoint']} "
           f"({best['value']:.4f})", flush=True)
     which = "reference" if best["checkpoint"] == "reference" else str(best["step"])
   if which in ("warmstart", "reference"):
-    params, _ = checkpoint_lib.restore_params(os.path.join(workdir, warmstart.REFERENCE_DIR),
+    params, _ = checkpoint_lib.restore_params(workdir / warmstart.REFERENCE_DIR,
                                               shardings=shardings,
                                               verify=c.train.verify_checkpoints)
     return params, "reference", 0
-  if which and os.path.isdir(which):
+  if _is_params_directory(which):
     params, _ = checkpoint_lib.restore_params(which, shardings=shardings,
                                               verify=c.train.verify_checkpoints)
-    return params, os.path.basename(os.path.normpath(which)), None
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+    return params, storage.path(which).name, None
+  checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints",
                                              verify=c.train.verify_checkpoints)
   step = int(which) if which else checkpointer.latest_step()
   if step is None:
@@ -317,26 +314,32 @@ def evaluated_params(run: experiment.Run, which: Optional[str]) -> tuple[Any, st
   return state.policy_params, f"step_{step}", step
 
 
-def check_evaluated_checkpoint(workdir: str, which: Optional[str]) -> None:
+def _is_params_directory(which: Optional[str]) -> bool:
+  """`--checkpoint` names a directory (local or a URL) rather than a step or a keyword."""
+  return bool(which) and (storage.is_url(which) or os.path.isdir(which)) and storage.path(which).is_dir()
+
+
+def check_evaluated_checkpoint(workdir: str | os.PathLike, which: Optional[str]) -> None:
   """`--checkpoint` (None: the latest train checkpoint) names something that exists."""
+  workdir = storage.path(workdir)
   if which == "best":
-    path = os.path.join(workdir, BEST_FILE)
-    if not os.path.isfile(path):
+    path = workdir / BEST_FILE
+    if not (path.exists() and not path.is_dir()):
       raise errors.MissingPathError(f"--checkpoint=best: {path} does not exist (it is written by "
                                     "training runs that evaluate, train.eval_every > 0 or the final "
                                     "evaluation)")
   elif which in ("warmstart", "reference"):
-    path = os.path.join(workdir, warmstart.REFERENCE_DIR)
-    if not os.path.isdir(path):
+    path = workdir / warmstart.REFERENCE_DIR
+    if not path.is_dir():
       raise errors.MissingPathError(f"--checkpoint={which}: {path} does not exist (a training run or "
                                     "python -m rlef_jax.warmstart on this workdir writes it)")
-  elif which and os.path.isdir(which):
+  elif _is_params_directory(which):
     return
   elif which and not which.isdigit():
     raise errors.MissingPathError(f"--checkpoint={which}: neither a step, 'best', 'warmstart'/"
                                   f"'reference' nor an existing params directory{experiment.cwd_note(which)}")
-  elif not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise errors.MissingPathError(f"no train checkpoint in {os.path.join(workdir, 'checkpoints')} "
+  elif not (workdir / "checkpoints").is_dir():
+    raise errors.MissingPathError(f"no train checkpoint in {workdir / 'checkpoints'} "
                                   f"(--workdir={workdir}); train first, or pass --checkpoint")
 
 

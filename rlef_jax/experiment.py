@@ -10,6 +10,7 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
+from etils import epath
 import jax
 
 from rlef_jax import checkpoint as checkpoint_lib
@@ -19,13 +20,14 @@ from rlef_jax import model as model_lib
 from rlef_jax import ppo
 from rlef_jax import rollout as rollout_lib
 from rlef_jax import sharding
+from rlef_jax import storage
 
 
 @dataclasses.dataclass
 class Run:
   """Everything built from the config once."""
   config: Any
-  workdir: str
+  workdir: epath.Path  # local or an object-store URL (rlef_jax.storage)
   mesh: jax.sharding.Mesh
   llama_config: model_lib.LlamaConfig
   policy_model: model_lib.Llama
@@ -57,14 +59,14 @@ def build(config: Any, workdir: str) -> Run:
   workers = config.execution.workers or os.cpu_count() or 1
   pool = ExecutionPool(workers=workers, sandbox=config.execution.sandbox,
                        allow_weak=config.execution.allow_weak_isolation)
-  return Run(config, workdir, mesh, llama_config, policy_model,
+  return Run(config, storage.path(workdir), mesh, llama_config, policy_model,
              model_lib.LlamaValue(llama_config), tokenizer, pool,
              ppo.PPOSettings.from_config(config.rl))
 
 
 def cwd_note(path: str) -> str:
   """For messages about a relative path: where it was looked for."""
-  return "" if os.path.isabs(path) else f" (relative paths are taken from the current directory {os.getcwd()})"
+  return "" if os.path.isabs(path) or storage.is_url(path) else f" (relative paths are taken from the current directory {os.getcwd()})"
 
 
 def load_tokenizer(config: Any) -> Any:
@@ -88,12 +90,20 @@ def check_init_checkpoint(path: str, policy_model: Any) -> None:
   if not path:
     return
   where = f"config.model.init_checkpoint={path!r}"
-  if not os.path.isdir(path):
+  try:
+    source = storage.path(path)  # local, or an orbax params directory in a bucket
+  except errors.ConfigError as e:
+    raise errors.ConfigError(f"{where}: {e}") from None
+  if not source.is_dir():
     raise errors.MissingPathError(f"{where}: no such directory{cwd_note(path)}")
+  if storage.is_url(path) and (source / "config.json").exists():
+    raise errors.ConfigError(f"{where}: a Hugging Face directory is read from a local path; convert it "
+                             "to an orbax params directory (python -m rlef_jax.convert), which may live "
+                             "in the bucket")
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   expected = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
               jax.tree_util.tree_leaves_with_path(nn.unbox(sharding.abstract_params(policy_model)))}
-  if os.path.exists(os.path.join(path, "config.json")):
+  if not storage.is_url(path) and os.path.exists(os.path.join(path, "config.json")):
     from rlef_jax import hf  # pylint: disable=g-import-not-at-top
     c = policy_model.config
     try:
@@ -183,7 +193,7 @@ def initial_policy_params(run: Run, rng: jax.Array) -> Any:
   shardings = sharding.param_shardings(run.policy_model, run.mesh)
   if not path:
     return sharding.init_params(run.policy_model, run.mesh, rng)
-  if os.path.exists(os.path.join(path, "config.json")):
+  if not storage.is_url(path) and os.path.exists(os.path.join(path, "config.json")):
     from rlef_jax import hf  # pylint: disable=g-import-not-at-top
     return hf.load_params(path, run.llama_config, shardings=shardings)
   params, _ = checkpoint_lib.restore_params(path, shardings=shardings,

@@ -15,6 +15,12 @@ and TensorBoard is told to purge events with `step > k`, so the logs of an inter
 numbered by the number of updates done: the first write of a fresh run is step 1, the first write
 after resuming from step `k` is step `k + 1`.
 
+Object-store workdirs (`gs://bucket/run`, see `rlef_jax.storage`): objects cannot be appended to,
+so the writer keeps the three files in a local staging directory (`local_metrics_dir`) and uploads
+`metrics.jsonl` and the event files, whole, to `<workdir>/` at most every `mirror_every_s` seconds
+and on `close`. A resumed run on a fresh host starts from the workdir's `metrics.jsonl`.
+TensorBoard reads the workdir's `tensorboard/` directly (`tensorboard --logdir gs://bucket/run/tensorboard`).
+
 Multi-host: only one process should write (`enabled` defaults to `jax.process_index() == 0`); the
 others accept writes and do nothing. Metrics returned by a jitted step on a multi-host mesh are
 replicated global arrays that no single process fully addresses; `to_scalar` reads the local replica.
@@ -38,6 +44,7 @@ import jax
 import numpy as np
 
 from rlef_jax import errors
+from rlef_jax import storage
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -107,25 +114,18 @@ class Timers:
     return out
 
 
-def _is_remote(path: str) -> bool:
-  return "://" in str(path)
-
-
-def local_metrics_dir(workdir: str, metrics_dir: str = "") -> str:
-  """Where a run's metrics go: `metrics_dir` if set, else `workdir` if it is local, else
-  `~/rlef_metrics/<bucket>/<path>` for a remote workdir such as `gs://bucket/path`.
-
-  Appending to a JSONL file and flushing event files every step needs a local file system; on a TPU
-  pod the run's workdir is a bucket, so worker 0 keeps its metrics in its home directory
-  (`experiments/tpu/launch.sh metrics` copies them back).
-  """
+def local_metrics_dir(workdir: str | os.PathLike, metrics_dir: str = "") -> str:
+  """Where a run's metrics are written first: `metrics_dir` if set, else `workdir` if it is local,
+  else `~/rlef_metrics/<bucket>/<path>` for an object-store workdir such as `gs://bucket/path` (the
+  writer's staging directory; appending to a JSONL file and flushing event files every step needs a
+  local file system)."""
   if metrics_dir:
-    if _is_remote(metrics_dir):
+    if storage.is_url(metrics_dir):
       raise ValueError(f"the metrics directory must be local, got {metrics_dir!r}")
     return str(metrics_dir)
-  if not _is_remote(workdir):
-    return str(workdir)
-  scheme, rest = str(workdir).split("://", 1)
+  if not storage.is_url(workdir):
+    return os.fspath(workdir)
+  scheme, rest = os.fspath(workdir).split("://", 1)
   parts = [p for p in rest.split("/") if p and p not in (".", "..")]
   if not parts:
     raise ValueError(f"cannot derive a metrics directory from workdir {workdir!r}")
@@ -179,8 +179,8 @@ class MetricsWriter:
   """Writes each step's scalars to the console, TensorBoard and `<workdir>/metrics.jsonl`.
 
   Args:
-    workdir: a local directory (created if missing). A remote workdir (`gs://...`) is refused: pass
-      `local_metrics_dir(workdir)` instead (see experiments/tpu/README.md).
+    workdir: a local directory (created if missing) or an object-store URL (written through a local
+      staging directory, see the module docstring).
     total_steps: the run's number of steps (progress bar and ETA).
     enabled: whether this process writes; default `jax.process_index() == 0`, resolved when the
       writer is built (after `rlef_jax.distributed.initialize`).
@@ -193,7 +193,7 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, *, total_steps: int, enabled: bool | None = None,
                resume_step: int = 0, console_keys: Sequence[str] | None = None,
-               log_every: int = 10, stream: IO[str] | None = None):
+               log_every: int = 10, stream: IO[str] | None = None, mirror_every_s: float = 30.0):
     if enabled is None:
       enabled = jax.process_index() == 0
     if not isinstance(total_steps, int) or total_steps < 1:
@@ -203,11 +203,11 @@ class MetricsWriter:
                        f"got {resume_step!r}")
     if not isinstance(log_every, int) or log_every < 1:
       raise ValueError(f"MetricsWriter: log_every must be a positive int, got {log_every!r}")
-    if _is_remote(workdir):
-      raise ValueError(f"MetricsWriter: workdir {workdir!r} is remote; metrics need a local directory: "
-                       "pass rlef_jax.metrics.local_metrics_dir(workdir)")
     self.enabled = enabled
-    self.workdir = str(workdir)
+    self.workdir = storage.path(workdir)
+    self.remote = storage.is_url(self.workdir)
+    self.mirror_every_s = mirror_every_s
+    self._mirrored_at = -math.inf
     self.total_steps = total_steps
     self.console_keys = tuple(console_keys) if console_keys is not None else None
     self.log_every = log_every
@@ -215,15 +215,18 @@ class MetricsWriter:
     self._jsonl = self._tb = self._bar = None
     if not enabled:
       return
-    os.makedirs(self.workdir, exist_ok=True)
-    self.jsonl_path = os.path.join(self.workdir, JSONL_NAME)
+    local = local_metrics_dir(self.workdir)
+    os.makedirs(local, exist_ok=True)
+    self.jsonl_path = os.path.join(local, JSONL_NAME)
+    if self.remote:
+      self._fetch_jsonl()
     _truncate_jsonl(self.jsonl_path, resume_step)
     # Unbuffered: each line goes to the OS at once, and a write that fails (a full disk) leaves no
     # buffered bytes behind for a later flush, or the interpreter's exit, to fail on again.
     self._jsonl = open(self.jsonl_path, "ab", buffering=0)
 
     import tensorboardX  # Imported here: non-writing processes never need it.
-    self.tensorboard_dir = os.path.join(self.workdir, TENSORBOARD_DIR)
+    self.tensorboard_dir = os.path.join(local, TENSORBOARD_DIR)
     self._tb = tensorboardX.SummaryWriter(
         self.tensorboard_dir, purge_step=resume_step + 1, flush_secs=30,
         filename_suffix=f".{time.time_ns()}")
@@ -261,7 +264,29 @@ class MetricsWriter:
       for name, value in values.items():
         self._tb.add_scalar(name, value, global_step=step)
       self._tb.flush()
+    self._mirror()
     self._write_console(step, values)
+
+  def _fetch_jsonl(self) -> None:
+    """An object-store workdir's `metrics.jsonl` replaces the staging copy (the workdir's is the
+    run's record; the staging copy may be missing, on a fresh host, or from an older attempt)."""
+    remote = self.workdir / JSONL_NAME
+    if remote.exists():
+      storage.write_atomic(self.jsonl_path, remote.read_bytes())
+    elif os.path.exists(self.jsonl_path):
+      os.remove(self.jsonl_path)
+
+  def _mirror(self, force: bool = False) -> None:
+    """Uploads the staging files to an object-store workdir (whole; at most every `mirror_every_s`)."""
+    if not self.remote or (not force and time.monotonic() - self._mirrored_at < self.mirror_every_s):
+      return
+    uploads = [(self.jsonl_path, self.workdir / JSONL_NAME)]
+    uploads += [(os.path.join(self.tensorboard_dir, name), self.workdir / TENSORBOARD_DIR / name)
+                for name in sorted(os.listdir(self.tensorboard_dir))]
+    for local, remote in uploads:
+      with open(local, "rb") as f:
+        storage.write_atomic(remote, f.read())
+    self._mirrored_at = time.monotonic()
 
   def _write_console(self, step: int, values: Mapping[str, int | float]) -> None:
     keys = self.console_keys if self.console_keys is not None else list(values)[:4]
@@ -292,6 +317,7 @@ class MetricsWriter:
     if self._jsonl is not None:
       self._jsonl.close()
       self._jsonl = None
+      self._mirror(force=True)
 
   def __enter__(self) -> "MetricsWriter":
     return self
@@ -300,7 +326,8 @@ class MetricsWriter:
     self.close()
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-  """The step dicts of a `metrics.jsonl` file, in order (for tests, notebooks and evaluation)."""
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """The step dicts of a `metrics.jsonl` file (local or a URL), in order (for tests, notebooks and
+  evaluation)."""
+  text = storage.path(path).read_text(encoding="utf-8")
+  return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import time
 from typing import Any, Optional, Sequence
@@ -129,7 +128,7 @@ def _start(run: experiment.Run) -> _Training:
       train_source, seed=c.data.seed, shuffle=c.data.shuffle,
       process_index=jax.process_index(), process_count=jax.process_count())
 
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(run.workdir, "checkpoints"),
+  checkpointer = checkpoint_lib.Checkpointer(run.workdir / "checkpoints",
                                              max_to_keep=c.train.keep_checkpoints,
                                              keep_period=c.train.eval_every,
                                              verify=c.train.verify_checkpoints)
@@ -153,7 +152,7 @@ def _start(run: experiment.Run) -> _Training:
       update=ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt, settings,
                                   mesh=run.mesh, num_microbatches=c.rl.num_microbatches),
       checkpointer=checkpointer,
-      writer=metrics_lib.MetricsWriter(metrics_lib.local_metrics_dir(run.workdir),
+      writer=metrics_lib.MetricsWriter(run.workdir,
                                        total_steps=c.train.num_updates, resume_step=step,
                                        log_every=c.train.log_every, console_keys=CONSOLE_KEYS),
       last_checkpoint=step)
@@ -163,7 +162,7 @@ def _evaluate_before(run: experiment.Run, t: _Training) -> dict:
   """The reference policy's evaluation (step_0), once per workdir."""
   # Process 0 writes the evaluations; it decides for all (other hosts may not see its files).
   done = distributed.allgather_objects(
-      os.path.exists(os.path.join(run.workdir, evaluate_lib.EVAL_DIR, "step_0.json")))[0]
+      (run.workdir / evaluate_lib.EVAL_DIR / "step_0.json").exists())[0]
   if t.step or done:
     return {}
   before = evaluate_lib.run_evaluation(run, t.ref_params, t.problems_eval, "step_0",
@@ -246,10 +245,9 @@ def _finish(run: experiment.Run, t: _Training, results: dict) -> dict:
       jax.random.fold_in(t.eval_rng, 10**9), checkpoint=f"step_{t.step}", step=t.step)
   evaluate_lib.record_best(run.workdir, results["after"], c.eval.select_metric)
   if "before" not in results:
-    before_path = os.path.join(run.workdir, evaluate_lib.EVAL_DIR, "step_0.json")
-    if os.path.exists(before_path):
-      with open(before_path) as f:
-        results["before"] = json.load(f)
+    before_path = run.workdir / evaluate_lib.EVAL_DIR / "step_0.json"
+    if before_path.exists():
+      results["before"] = json.loads(before_path.read_text())
   if "before" in results:
     print(f"[result] before RLEF: {evaluate_lib.format_summary(results['before'])}", flush=True)
   print(f"[result] after RLEF:  {evaluate_lib.format_summary(results['after'])}", flush=True)

@@ -31,7 +31,6 @@ this module's command both call it.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -48,6 +47,7 @@ from rlef_jax import env as env_lib
 from rlef_jax import errors
 from rlef_jax import experiment
 from rlef_jax import sharding
+from rlef_jax import storage
 
 
 def sft_example(problem: Any, solution: str, tokenizer: Any, env_config: Any) -> tuple[list[int], int]:
@@ -182,10 +182,10 @@ REFERENCE_DIR = "reference_params"   # the frozen initial policy ρ (after the w
 
 def reference_params(run: experiment.Run, rng: jax.Array) -> Any:
   """The frozen initial policy ρ, made once per workdir (after the warm start when enabled)."""
-  ref_dir = os.path.join(run.workdir, REFERENCE_DIR)
+  ref_dir = storage.path(run.workdir) / REFERENCE_DIR
   shardings = sharding.param_shardings(run.policy_model, run.mesh)
   # Process 0 decides for all: another host may look after process 0 has started writing it.
-  if distributed.allgather_objects(os.path.exists(ref_dir))[0]:
+  if distributed.allgather_objects(ref_dir.exists())[0]:
     params, _ = checkpoint_lib.restore_params(ref_dir, shardings=shardings,
                                               verify=run.config.train.verify_checkpoints)
     return params
@@ -218,7 +218,7 @@ def main(argv: Sequence[str]) -> None:
   `rlef_jax.train` on the same workdir then starts RL from (and `rlef_jax.evaluate
   --checkpoint=warmstart` evaluates)."""
   c, workdir = commands.command_args(argv)
-  if os.path.exists(os.path.join(workdir, REFERENCE_DIR)):
+  if (storage.path(workdir) / REFERENCE_DIR).exists():
     print(f"[warmstart] {workdir}/{REFERENCE_DIR} exists already; nothing to do", flush=True)
     return
   distributed.initialize(c)

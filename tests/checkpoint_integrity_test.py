@@ -179,3 +179,65 @@ def test_a_save_killed_before_its_rename_leaves_the_previous_step_to_resume_from
     ckpt.wait()
   assert (two_steps / "6" / checkpoint.MANIFEST).is_file()
   assert _restore(two_steps)[1] == {"position": 6}
+
+
+# -- Object-store directories (issue 14 item 5), through the GCS double (tests/gcs_double.py): the
+# objects live as files under gcs.root, so corruption is injected there. --------------------------
+
+def _bucket(gcs, name):
+  """(the gs:// URL, the local files behind it) of a fresh prefix."""
+  return f"gs://rlef-test/{name}", pathlib.Path(gcs.root) / "rlef-test" / name
+
+
+def test_gs_checkpoints_commit_with_their_manifest_restore_and_refuse_corruption(gcs):
+  url, local = _bucket(gcs, "ckpt-a")
+  _save(url, [4, 6])
+  assert gcs.unknown == []
+  step_dir = local / "6"
+  on_disk = {_rel(p, step_dir) for p in step_dir.rglob("*") if p.is_file()}
+  assert "commit_success.txt" in on_disk and not list(local.glob("*orbax-checkpoint-tmp*"))
+  files = json.loads((step_dir / checkpoint.MANIFEST).read_text())["files"]
+  assert set(files) == on_disk - {checkpoint.MANIFEST, "_CHECKPOINT_METADATA", "commit_success.txt"}
+  assert any(f.startswith("state/ocdbt.process_0/d/") for f in files)
+
+  restored, extra = _restore(url)
+  assert extra == {"position": 6}
+  np.testing.assert_array_equal(np.asarray(restored["w"]), np.asarray(_state(6)["w"]))
+
+  target = _largest_data_file(step_dir)
+  _flip_middle(target)
+  with pytest.raises(errors.InputError) as e:
+    _restore(url)
+  assert (f"checkpoint {url}/6 is corrupt: {_rel(target, step_dir)}: checksum mismatch" in str(e.value)
+          and f"the previous checkpoint, step 4, verifies: delete {url}/6 to resume from it" in str(e.value))
+  assert _restore(url, 4)[1] == {"position": 4}
+
+
+def test_gs_a_save_killed_before_its_commit_file_leaves_the_previous_step(gcs):
+  """On an object store a step is committed by `commit_success.txt`, written after the manifest: a
+  step without it (the writer killed first) is not listed, and the run resumes from the one before."""
+  url, local = _bucket(gcs, "ckpt-b")
+  _save(url, [4, 6])
+  (local / "6" / "commit_success.txt").unlink()
+  with checkpoint.Checkpointer(url, max_to_keep=None) as ckpt:
+    assert ckpt.latest_step() == 4
+    assert ckpt.restore(None, checkpoint.abstract_like(_state(0)))[1] == {"position": 4}
+    ckpt.save(6, _state(6), extra={"position": 6})  # the resumed run reaches step 6 again
+    ckpt.wait()
+  assert _restore(url)[1] == {"position": 6}
+
+
+def test_gs_params_directory(gcs):
+  url, local = _bucket(gcs, "params-a")
+  params = {"w": jnp.arange(12.0).reshape(3, 4)}
+  checkpoint.save_params(url, params, metadata={"a": 1})
+  assert (local / checkpoint.MANIFEST).is_file() and (local / "commit_success.txt").is_file()
+  restored, metadata = checkpoint.restore_params(url)
+  assert metadata == {"a": 1}
+  np.testing.assert_array_equal(np.asarray(restored["w"]), np.asarray(params["w"]))
+  with pytest.raises(FileExistsError, match=f"save_params: {url} already exists"):
+    checkpoint.save_params(url, params, metadata={})
+  _flip_middle(_largest_data_file(local))
+  with pytest.raises(errors.InputError, match=rf"params directory {re.escape(url)} is corrupt: params/.*: "
+                                              r"checksum mismatch"):
+    checkpoint.restore_params(url)

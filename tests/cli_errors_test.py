@@ -49,6 +49,9 @@ CASES = [
          "--workdir={tmp}/a_file exists and is not a directory"),
     Case("workdir_under_a_file", ("rlef_jax.train", f"--config={TINY}", "--workdir={tmp}/a_file/run"),
          "{tmp}/a_file is not a directory"),
+    Case("workdir_url_of_an_unknown_scheme",
+         ("rlef_jax.train", f"--config={TINY}", "--workdir=memory://bucket/run"),
+         "--workdir=memory://bucket/run: unsupported URL scheme 'memory'; use a local path or gs://"),
     Case("unreadable_workdir", ("rlef_jax.train", f"--config={TINY}", "--workdir={tmp}/locked"),
          "--workdir={tmp}/locked: this user cannot read and write it",
          skip_as_root="root reads and writes a chmod 000 directory (check_workdir's os.access test "

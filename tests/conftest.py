@@ -62,3 +62,15 @@ def smollm2_checkpoint(tmp_path_factory):
 def smollm2_tokenizer_dir(smollm2_checkpoint):
   """SmolLM2-135M-Instruct's tokenizer directory (ChatML template), from `smollm2_checkpoint`."""
   return smollm2_checkpoint / "tokenizer"
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """The local GCS double (tests/gcs_double.py) for this test process: TensorStore's GCS driver
+  pointed at its HTTP server and epath's `gs://` at its fsspec file system, both over `gcs.root`
+  (`<root>/<bucket>/<object>`). One per session: TensorStore reads its endpoint once per process."""
+  import gcs_double
+  with gcs_double.FakeGCSServer(tmp_path_factory.mktemp("gcs")) as server:
+    os.environ.update(server.env())
+    gcs_double.install()
+    yield server

@@ -380,6 +380,13 @@ def test_launch_dry_run_prints_every_command():
       ".venv/bin/python", "-m", "rlef_jax.train", "--config=configs/llama8b.py",
       "--workdir=/home/u/bucket/run 1", *extra]
   assert any("jax[tpu]==0.10.2" in _remote_command(argv) for argv in ssh)
+  assert any("-r requirements-gcs.txt" in _remote_command(argv) for argv in ssh)
+
+
+def test_launch_trains_on_a_gs_workdir():
+  out = _launch("--dry-run", "--name", "pod", "--zone", "z", "train", "--workdir", "gs://b/runs/8b").stdout
+  ssh = [shlex.split(line) for line in out.splitlines() if "rlef_jax.train" in line]
+  assert len(ssh) == 1 and "--workdir=gs://b/runs/8b" in shlex.split(_remote_command(ssh[0]))
 
 
 def test_launch_metrics_copies_worker_zero_metrics():
@@ -405,8 +412,8 @@ def test_launch_exec_runs_a_quoted_command_on_all_workers():
     (["--name", "n", "--zone", "z", "--bogus", "stop"], "unknown option --bogus"),
     (["--name", "n", "--zone", "z", "--config", "configs/nope.py", "train", "--workdir", "/w"],
      "configs/nope.py does not exist"),
-    (["--name", "n", "--zone", "z", "train", "--workdir", "gs://b/run"],
-     "does not read URLs yet; mount the bucket"),
+    (["--name", "n", "--zone", "z", "train", "--workdir", "s3://b/run"],
+     "a URL workdir must be gs://BUCKET/PATH"),
 ])
 def test_launch_rejects_bad_arguments(args, match):
   env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}

@@ -185,7 +185,6 @@ def test_enabled_defaults_to_process_zero(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(workdir="gs://bucket/run", total_steps=3), "remote.*local_metrics_dir\\(workdir\\)"),
     (dict(total_steps=0), "total_steps must be a positive int"),
     (dict(total_steps=3, resume_step=4), r"resume_step must be an int in \[0, total_steps=3\]"),
     (dict(total_steps=3, log_every=0), "log_every"),
@@ -194,6 +193,39 @@ def test_bad_constructor_arguments(tmp_path, kwargs, match):
   kwargs = {"workdir": str(tmp_path), **kwargs}
   with pytest.raises(ValueError, match=match):
     metrics.MetricsWriter(kwargs.pop("workdir"), enabled=True, **kwargs)
+
+
+def test_a_gs_workdir_gets_whole_files_mirrored_and_a_fresh_host_resumes_from_them(
+    gcs, tmp_path, monkeypatch):
+  """Issue 14 item 5: with `gs://` the writer stages locally and uploads metrics.jsonl and the event
+  files whole (objects cannot be appended to); a resume on another host (empty staging directory)
+  starts from the bucket's metrics.jsonl, cut at the resumed step."""
+  import pathlib
+  bucket = pathlib.Path(gcs.root) / "rlef-test" / "metrics"
+  monkeypatch.setenv("HOME", str(tmp_path / "host1"))
+  writer = metrics.MetricsWriter("gs://rlef-test/metrics", total_steps=4, enabled=True,
+                                 stream=io.StringIO(), mirror_every_s=3600)
+  assert writer.jsonl_path == str(tmp_path / "host1" / "rlef_metrics" / "gs" / "rlef-test" / "metrics"
+                                  / "metrics.jsonl")
+  writer.write(1, {"loss": 1.0})  # the first write uploads (nothing mirrored yet)
+  writer.write(2, {"loss": 2.0})  # within mirror_every_s: not yet
+  assert metrics.read_jsonl("gs://rlef-test/metrics/metrics.jsonl") == [{"step": 1, "loss": 1.0}]
+  writer.write(3, {"loss": 3.0})
+  writer.close()  # uploads everything
+  assert metrics.read_jsonl(bucket / "metrics.jsonl") == [
+      {"step": s, "loss": float(s)} for s in (1, 2, 3)]
+  events = sorted((bucket / "tensorboard").iterdir())
+  assert len(events) == 1 and events[0].read_bytes() == (
+      pathlib.Path(writer.tensorboard_dir) / events[0].name).read_bytes()
+
+  monkeypatch.setenv("HOME", str(tmp_path / "host2"))
+  with metrics.MetricsWriter("gs://rlef-test/metrics", total_steps=4, enabled=True, resume_step=2,
+                             stream=io.StringIO()) as resumed:
+    resumed.write(3, {"loss": 30.0})
+  assert metrics.read_jsonl("gs://rlef-test/metrics/metrics.jsonl") == [
+      {"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}, {"step": 3, "loss": 30.0}]
+  assert len(list((bucket / "tensorboard").iterdir())) == 2  # the old event file and the new one
+  assert gcs.unknown == []
 
 
 def test_bad_writes(tmp_path):

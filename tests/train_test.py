@@ -202,11 +202,93 @@ def test_sliced_split_must_name_a_real_split(data_dir):
     experiment.data_source(tiny_config(data_dir), "trian[:8]")
 
 
-def test_a_url_workdir_is_refused_not_turned_into_a_local_directory(tmp_path, data_dir, monkeypatch):
+def test_a_workdir_url_of_an_unknown_scheme_is_refused_not_turned_into_a_local_directory(
+    tmp_path, data_dir, monkeypatch):
+  from rlef_jax import errors
   monkeypatch.chdir(tmp_path)
-  with pytest.raises(ValueError, match="URL workdirs are not supported yet; mount the bucket"):
-    train_lib.train(tiny_config(data_dir), "gs://bucket/run")
-  assert not (tmp_path / "gs:").exists()
+  with pytest.raises(errors.ConfigError, match="memory://bucket/run: unsupported URL scheme 'memory'; "
+                     "use a local path or gs://, s3://, az://"):
+    train_lib.train(tiny_config(data_dir), "memory://bucket/run")
+  assert list(tmp_path.iterdir()) == []
+
+
+def _bucket_files(gcs, prefix):
+  root = pathlib.Path(gcs.root) / prefix
+  return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_gs_workdir_run_is_the_local_run_and_its_corruption_is_caught(gcs, tmp_path, data_dir,
+                                                                         uninterrupted, monkeypatch):
+  """Issue 14 item 5: `--workdir=gs://bucket/run` through the GCS double (orbax's arrays through
+  TensorStore's GCS driver over HTTP, everything else through epath's gs:// file system). The run
+  writes nothing locally but its metrics staging directory, ends bitwise identical to the local run
+  (checkpoint arrays, logged metrics, evaluations), commits each step with its manifest, and a
+  corrupted object in the bucket is refused on resume by name."""
+  from rlef_jax import errors
+  from rlef_jax import evaluate as evaluate_lib
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the metrics staging directory
+  uploads = gcs.served["POST"]
+  results = train_lib.train(tiny_config(data_dir), "gs://rlef-test/runs/a")
+  assert gcs.unknown == []
+  assert gcs.served["POST"] - uploads >= 10  # the arrays went through TensorStore's GCS driver
+  assert [p.name for p in tmp_path.iterdir()] == ["home"]  # no local directory named gs:
+  in_bucket = pathlib.Path(gcs.root) / "rlef-test" / "runs" / "a"
+  files = _bucket_files(gcs, "rlef-test/runs/a")
+  assert {"checkpoints/2/commit_success.txt", "checkpoints/2/rlef_manifest.json",
+          "reference_params/commit_success.txt", "reference_params/rlef_manifest.json",
+          "metrics.jsonl", "best.json", "eval/step_0.json", "eval/step_2_final.json",
+          "eval/step_2_final.episodes.jsonl"} <= set(files), files
+  assert not [f for f in files if "tmp" in f.split("/")[0] or ".orbax-checkpoint-tmp" in f]
+  assert [f for f in files if f.startswith("tensorboard/events.out.tfevents.")]
+
+  assert_same_run(in_bucket, uninterrupted[0], steps=2)
+  drop = lambda s: {k: v for k, v in s.items() if not k.endswith("seconds")}
+  assert drop(results["after"]) == drop(uninterrupted[1]["after"])
+  assert metrics_lib.read_jsonl("gs://rlef-test/runs/a/metrics.jsonl") == metrics_lib.read_jsonl(
+      in_bucket / "metrics.jsonl")
+  evaluate_lib.check_evaluated_checkpoint("gs://rlef-test/runs/a", "best")
+  evaluate_lib.check_evaluated_checkpoint("gs://rlef-test/runs/a", None)
+
+  target = max((p for p in (in_bucket / "checkpoints" / "2").rglob("*") if "/d/" in str(p)),
+               key=lambda p: p.stat().st_size)
+  data = bytearray(target.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  target.write_bytes(bytes(data))
+  rel = target.relative_to(in_bucket / "checkpoints" / "2")
+  with pytest.raises(errors.InputError, match=re.escape(
+      f"checkpoint gs://rlef-test/runs/a/checkpoints/2 is corrupt: {rel}: checksum mismatch")):
+    train_lib.train(tiny_config(data_dir), "gs://rlef-test/runs/a")
+
+
+def test_an_init_checkpoint_in_a_bucket_is_checked_like_a_local_one(gcs, data_dir):
+  from rlef_jax import checkpoint as checkpoint_lib, config as config_lib, errors, sharding
+  from rlef_jax import model as model_lib
+  config = tiny_config(data_dir)
+  model = model_lib.Llama(config_lib.llama_config(config.model))
+  mesh = sharding.make_mesh(config.mesh)
+  checkpoint_lib.save_params("gs://rlef-test/init/p", sharding.init_params(model, mesh, jax.random.key(0)),
+                             metadata={})
+  experiment.check_init_checkpoint("gs://rlef-test/init/p", model)
+  wider = model_lib.Llama(config_lib.llama_config(tiny_config(data_dir, **{"model.hidden_size": 64}).model))
+  with pytest.raises(errors.ConfigError, match="init_checkpoint='gs://rlef-test/init/p': parameter .* has shape"):
+    experiment.check_init_checkpoint("gs://rlef-test/init/p", wider)
+  with pytest.raises(errors.MissingPathError, match="init_checkpoint='gs://rlef-test/init/q': no such directory$"):
+    experiment.check_init_checkpoint("gs://rlef-test/init/q", model)
+
+
+@pytest.mark.slow  # about 70 s: two more train() calls
+def test_stop_and_resume_on_a_gs_workdir_is_bitwise_identical(gcs, tmp_path, data_dir, uninterrupted,
+                                                              monkeypatch):
+  """Stopped after round 1 and resumed from the bucket on a "fresh host" (an empty metrics staging
+  directory): the same run as the uninterrupted local one."""
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", str(tmp_path / "host1"))
+  train_lib.train(tiny_config(data_dir), "gs://rlef-test/runs/b", stop_after_updates=1)
+  monkeypatch.setenv("HOME", str(tmp_path / "host2"))
+  train_lib.train(tiny_config(data_dir), "gs://rlef-test/runs/b")
+  assert gcs.unknown == []
+  assert_same_run(pathlib.Path(gcs.root) / "rlef-test" / "runs" / "b", uninterrupted[0], steps=2)
 
 
 def test_score_batch_size_per_shard():

@@ -17,8 +17,8 @@
 #   --repo URL             setup clones URL on every worker (default: copy this checkout)
 #   --branch B             branch or tag to clone with --repo (default main)
 #   --config PATH          trainer config (default configs/llama8b.py)
-#   --workdir DIR          run directory, the same path on every worker: a mounted bucket (gcsfuse)
-#                          or NFS share (required by train and all; gs:// URLs are not read yet)
+#   --workdir DIR          run directory every worker reaches: gs://BUCKET/PATH, or the same path on
+#                          every worker (NFS share, mounted bucket); required by train and all
 #   --worker N             worker whose log `tail` shows (default 0)
 #   --dest DIR             local directory for `metrics` (default tpu_metrics/NAME)
 #   --dry-run              print every command instead of running it
@@ -85,7 +85,7 @@ if [[ "$step" == exec && ${#train_args[@]} -eq 0 ]]; then
 fi
 if [[ "$step" == train || "$step" == all ]]; then
   [[ -n "$workdir" ]] || die "--workdir is required for $step (a path every worker sees and can write)"
-  [[ "$workdir" != *://* ]] || die "--workdir $workdir: the trainer does not read URLs yet; mount the bucket on every worker (gcsfuse, see experiments/tpu/README.md) and pass the mounted path"
+  [[ "$workdir" != *://* || "$workdir" == gs://?* ]] || die "--workdir $workdir: a URL workdir must be gs://BUCKET/PATH (or a path every worker sees)"
   [[ -f "$config" ]] || die "--config $config does not exist in this checkout"
 fi
 
@@ -152,7 +152,7 @@ step_setup() {
     on_workers all "mkdir -p $remote_dir && tar -xzf rlef_jax_code.tar.gz -C $remote_dir && rm rlef_jax_code.tar.gz"
   fi
   # Python 3.11 for the pinned requirements, then JAX's TPU build (libtpu) of the same version.
-  on_workers all "set -e; command -v python3.11 >/dev/null || { sudo apt-get update -q && sudo apt-get install -y -q python3.11 python3.11-venv; }; cd $remote_dir && PYTHON=python3.11 scripts/setup.sh && .venv/bin/python -m pip install -q $(q "jax[tpu]==$jax_version")"
+  on_workers all "set -e; command -v python3.11 >/dev/null || { sudo apt-get update -q && sudo apt-get install -y -q python3.11 python3.11-venv; }; cd $remote_dir && PYTHON=python3.11 scripts/setup.sh && .venv/bin/python -m pip install -q -r requirements-gcs.txt $(q "jax[tpu]==$jax_version")"
 }
 
 step_train() {
