@@ -432,6 +432,38 @@ class Checkpointer:
     first checked against its manifest: `errors.InputError` names the first bad file and offers the
     newest older step that verifies.
     """
+    step = self._verified_step(step)
+    restored = self._manager.restore(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))
+    return restored["state"], _decode_json(restored["extra"])
+
+  def restore_part(self, step: int | None, name: str, abstract: Any) -> Any:
+    """Only the field `name` of the saved state (e.g. `"policy_params"` of a `ppo.TrainState`) of
+    `step` (None: the latest), onto `abstract`'s shapes, dtypes and shardings: the rest of the state
+    (value model, optimizer moments) is neither read nor allocated -- an evaluation of an 8B policy
+    holds the policy alone, not the whole train state. Verified like `restore`."""
+    step = self._verified_step(step)
+    # A partial restore silently hands back the abstract leaves it did not find, and drops saved
+    # leaves the target lacks: compare the key paths with the saved tree's first.
+    saved = self._manager.item_metadata(step)["state"]
+    saved = getattr(saved, "tree", saved)
+    where = f"checkpoint {self.step_directory(step)}"
+    if name not in saved:
+      raise errors.InputError(f"{where}: its state has no {name!r} (it holds {sorted(saved)})")
+    paths = lambda tree: {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(tree)}
+    missing, extra = sorted(paths(abstract) - paths(saved[name])), sorted(paths(saved[name]) - paths(abstract))
+    if missing or extra:
+      raise errors.InputError(f"{where}: its {name!r} differs from the model's: missing {missing[:3]}, "
+                              f"unexpected {extra[:3]} (config.model differs from the run's?)")
+    target = {name: abstract}
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+      restored = reader.restore(self.step_directory(step) / "state", args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
+    return restored[name]
+
+  def _verified_step(self, step: int | None) -> int:
+    """`step` (None: the latest) after checking that it exists and, with `verify`, its manifest."""
     self.wait()
     if step is None:
       step = self.latest_step()
@@ -442,9 +474,7 @@ class Checkpointer:
                                     f"{self.directory}; available steps: {self.all_steps()}")
     if self.verify:
       self.check(step)
-    restored = self._manager.restore(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))
-    return restored["state"], _decode_json(restored["extra"])
+    return int(step)
 
   def step_directory(self, step: int) -> epath.Path:
     return self.directory / str(int(step))

@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 from absl import app
 from absl import flags
 from absl import logging
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -47,8 +48,6 @@ from rlef_jax import env_config as env_config_lib
 from rlef_jax import errors
 from rlef_jax import experiment
 from rlef_jax import extract
-from rlef_jax import model as model_lib
-from rlef_jax import ppo
 from rlef_jax import rollout as rollout_lib
 from rlef_jax import sharding
 from rlef_jax import storage
@@ -304,14 +303,11 @@ def evaluated_params(run: experiment.Run, which: Optional[str]) -> tuple[Any, st
   step = int(which) if which else checkpointer.latest_step()
   if step is None:
     raise errors.MissingPathError(f"no train checkpoint in {workdir}/checkpoints; pass --checkpoint")
-  policy_opt, value_opt = ppo.make_optimizers(c.optim, total_steps=c.train.num_updates)
-  rng = jax.random.key(0)
-  params0 = sharding.init_params(run.policy_model, run.mesh, rng)
-  template = ppo.init_train_state(
-      params0, model_lib.value_params_from_policy(params0, rng, run.llama_config),
-      policy_opt, value_opt, rng)
-  state, _ = checkpointer.restore(step, checkpoint_lib.abstract_like(template))
-  return state.policy_params, f"step_{step}", step
+  # The policy alone: the value model and the optimizer moments stay on disk.
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.unbox(sharding.abstract_params(run.policy_model)), shardings)
+  params = checkpointer.restore_part(step, "policy_params", abstract)
+  return params, f"step_{step}", step
 
 
 def _is_params_directory(which: Optional[str]) -> bool:

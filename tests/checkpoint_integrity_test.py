@@ -203,6 +203,8 @@ def test_gs_checkpoints_commit_with_their_manifest_restore_and_refuse_corruption
   restored, extra = _restore(url)
   assert extra == {"position": 6}
   np.testing.assert_array_equal(np.asarray(restored["w"]), np.asarray(_state(6)["w"]))
+  w = checkpoint.Checkpointer(url).restore_part(6, "w", checkpoint.abstract_like(_state(0)["w"]))
+  np.testing.assert_array_equal(np.asarray(w), np.asarray(_state(6)["w"]))
 
   target = _largest_data_file(step_dir)
   _flip_middle(target)
@@ -241,3 +243,20 @@ def test_gs_params_directory(gcs):
   with pytest.raises(errors.InputError, match=rf"params directory {re.escape(url)} is corrupt: params/.*: "
                                               r"checksum mismatch"):
     checkpoint.restore_params(url)
+
+
+def test_restore_part_reads_one_field_bitwise_and_verifies_first(two_steps):
+  """`restore_part`: what an evaluation restores (the policy alone, not the whole train state)."""
+  abstract = checkpoint.abstract_like(_state(0)["w"])
+  w = checkpoint.Checkpointer(two_steps).restore_part(None, "w", abstract)
+  np.testing.assert_array_equal(np.asarray(w), np.asarray(_state(6)["w"]))
+  assert w.sharding == abstract.sharding
+  w4 = checkpoint.Checkpointer(two_steps).restore_part(4, "w", abstract)
+  np.testing.assert_array_equal(np.asarray(w4), np.asarray(_state(4)["w"]))
+  with pytest.raises(errors.InputError, match=r"its state has no 'nope' \(it holds \['b', 'rng', 'step', 'w'\]\)"):
+    checkpoint.Checkpointer(two_steps).restore_part(6, "nope", abstract)
+  with pytest.raises(errors.InputError, match=r"its 'w' differs from the model's: missing \[\"\['x'\]\"\]"):
+    checkpoint.Checkpointer(two_steps).restore_part(6, "w", {"x": abstract})
+  _flip_middle(_largest_data_file(two_steps / "6"))
+  with pytest.raises(errors.InputError, match=rf"checkpoint {re.escape(str(two_steps / '6'))} is corrupt"):
+    checkpoint.Checkpointer(two_steps).restore_part(6, "w", abstract)
