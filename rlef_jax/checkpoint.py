@@ -37,9 +37,9 @@ directory on shared storage) and checked on restore.
   (written afterwards); both only describe the step, the arrays and the JSON items are all covered.
   Files that are not listed are not checked (nothing orbax restores can come from them: the listed
   OCDBT manifests name the data files they read).
-* **What is checked on restore** (`Checkpointer.restore`: the step train resumes from and the one
-  evaluate reads; `restore_params`: reference params, converted checkpoints): every listed file is
-  present, has its size and its sha256. The first bad file (in path order; sizes are checked before
+* **What is checked on restore** (`Checkpointer.restore`: the step train resumes from;
+  `Checkpointer.restore_part`: the policy evaluate reads; `restore_params`: reference params,
+  converted checkpoints): every listed file is present, has its size and its sha256. The first bad file (in path order; sizes are checked before
   any hashing) raises `errors.InputError` naming the directory, the file and why, and, for a train
   step, the newest older step that verifies, with the directory to delete to resume from it. Nothing
   falls back silently: the user decides. Process 0 verifies and tells the others (one read of the
