@@ -75,7 +75,6 @@ if __name__ == "__main__":  # before JAX is imported: it reads the device count 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -86,6 +85,7 @@ from rlef_jax import rollout as rollout_lib  # noqa: E402
 from rlef_jax import round_batch  # noqa: E402
 from rlef_jax import sampler  # noqa: E402
 from rlef_jax import sharding  # noqa: E402
+from rlef_jax import train_state  # noqa: E402
 
 # Dtypes of the minibatch arrays as `rollout.to_batch` and `round_batch.make_round_batch` make them.
 MINIBATCH_DTYPES = {"tokens_BxL": jnp.int32, "policy_mask_BxL": jnp.float32, "turn_id_BxL": jnp.int32,
@@ -141,34 +141,9 @@ def make_setup(config: Any, devices: Sequence[jax.Device]) -> Setup:
 
 def abstract_state(s: Setup) -> tuple[ppo.TrainState, Any]:
   """(train state, reference params) as sharded `ShapeDtypeStruct`s, laid out as `train.train`
-  makes them: policy params on their logical shardings, the value backbone copied from them (its
-  fresh head and the step, RNG and optimizer counts replicated: `round_batch.on_mesh`), optimizer
-  statistics sharded like their params (`sharding.opt_state_shardings`), and the reference in
-  `rl.reference_dtype` (`model.cast_floating`) on the policy's shardings."""
-  mesh, replicated = s.mesh, sharding.replicated(s.mesh)
-  boxed = sharding.abstract_params(s.policy_model)
-  policy_shardings = sharding.param_shardings(s.policy_model, s.mesh, boxed)
-  policy = _with_shardings(nn.unbox(boxed), policy_shardings)
-  rng = jax.eval_shape(lambda: jax.random.key(0))
-  value_shapes = jax.eval_shape(
-      lambda p: model_lib.value_params_from_policy(p, jax.random.key(0), s.llama_config), policy)
-  value_shardings = {"backbone": {k: policy_shardings[k] for k in value_shapes["backbone"]},
-                     "value_head": jax.tree.map(lambda _: replicated, value_shapes["value_head"])}
-  value = _with_shardings(value_shapes, value_shardings)
-  policy_opt = _with_shardings(
-      jax.eval_shape(s.policy_opt.init, policy),
-      sharding.opt_state_shardings(s.policy_opt, policy_shardings, policy, mesh))
-  value_opt = _with_shardings(
-      jax.eval_shape(s.value_opt.init, value),
-      sharding.opt_state_shardings(s.value_opt, value_shardings, value, mesh))
-  state = ppo.TrainState(
-      policy, value, policy_opt, value_opt,
-      jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-      jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated))
-  reference = _with_shardings(
-      jax.eval_shape(lambda p: model_lib.cast_floating(p, s.config.rl.reference_dtype), policy),
-      policy_shardings)
-  return state, reference
+  makes them (`rlef_jax.train_state.abstract`, the trainer's own restore target)."""
+  return train_state.abstract(s.policy_model, s.policy_opt, s.value_opt, s.mesh,
+                              s.config.rl.reference_dtype)
 
 
 # ---------------------------------------------------------------------------------------------

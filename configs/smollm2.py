@@ -21,8 +21,12 @@ def get_config():
   c.model.preset = "smollm2-135m"  # SmolLM2-135M-Instruct (Apache-2.0): hidden 576, 30 layers, 9/3 heads
   c.model.dtype = "float32"  # our choice: CPU computes float32 fastest; bfloat16 on an accelerator
   c.model.param_dtype = "float32"
-  c.model.remat = False  # our choice: 135M parameters, episodes of a few thousand tokens fit without it
-  c.model.scan_layers = False  # our choice: unrolled layers decode faster on CPU (scan copies the cache)
+  # Both needed for the PPO update to fit: at 16 x 2048 tokens the compiled update's temporaries are
+  # 556 GB with neither, 545 GB with remat alone, 16.8 GB with both (benchmarks/fit.py; BUILD_NOTES.md).
+  # The sampler decodes with unrolled layers either way (sampler.prepare); the converted params (stored
+  # unrolled unless converted with --scan_layers) are stacked on load.
+  c.model.remat = True
+  c.model.scan_layers = True
   c.model.init_checkpoint = "checkpoints/smollm2-135m-instruct/params"  # made by the convert command above
   c.tokenizer.path = "checkpoints/smollm2-135m-instruct/tokenizer"  # the model's ChatML template and stop ids
 
@@ -40,11 +44,13 @@ def get_config():
   c.sampling.top_p = 1.0  # paper App. A.1
   c.sampling.max_new_tokens = 384  # [U] our choice: SmolLM2's working answers fit in ~300 tokens; longer ones are degenerate repeats (BUILD_NOTES.md)
   c.sampling.max_context_length = 2048  # [U] our choice: prompt + 3 answers + 2 feedback messages
+  c.sampling.prefill_chunk = 512  # our choice: a long prompt fed in 512-token pieces; 8.5 GB of prefill temporaries at 32 rows in one piece, 2.6 GB so (benchmarks/fit.py)
 
   c.rl.kl_coef = 0.05  # paper App. A.1
   c.rl.rollouts_per_round = 64  # our choice, not the paper's 1024: a CPU- or single-GPU-sized round
   c.rl.minibatch_size = 16  # 4 updates per round of a quarter each, as the paper's 4 x 256 = 1024
   c.rl.updates_per_round = 4  # paper App. A.1 (4 updates per round)
+  c.rl.num_microbatches = 2  # our choice: 8-episode chunks; the update's in-loop peak on one device is 11.9 GB, 20.6 GB in one chunk (benchmarks/fit.py)
   c.rl.score_batch_size = 16
   c.rl.logprob_chunk = 128  # our choice: a 49k vocabulary; 16 episodes x 2048 tokens of float32 logits would be 6.4 GB per pass (and again in the gradient)
 

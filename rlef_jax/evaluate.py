@@ -295,9 +295,7 @@ def evaluated_params(run: experiment.Run, which: Optional[str]) -> tuple[Any, st
                                               verify=c.train.verify_checkpoints)
     return params, "reference", 0
   if _is_params_directory(which):
-    params, _ = checkpoint_lib.restore_params(which, shardings=shardings,
-                                              verify=c.train.verify_checkpoints)
-    return params, storage.path(which).name, None
+    return experiment.restore_policy_params(run, which), storage.path(which).name, None
   checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints",
                                              verify=c.train.verify_checkpoints)
   step = int(which) if which else checkpointer.latest_step()

@@ -100,9 +100,7 @@ def check_init_checkpoint(path: str, policy_model: Any) -> None:
     raise errors.ConfigError(f"{where}: a Hugging Face directory is read from a local path; convert it "
                              "to an orbax params directory (python -m rlef_jax.convert), which may live "
                              "in the bucket")
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  expected = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
-              jax.tree_util.tree_leaves_with_path(nn.unbox(sharding.abstract_params(policy_model)))}
+  expected = _param_shapes(policy_model)
   if not storage.is_url(path) and os.path.exists(os.path.join(path, "config.json")):
     from rlef_jax import hf  # pylint: disable=g-import-not-at-top
     c = policy_model.config
@@ -118,13 +116,15 @@ def check_init_checkpoint(path: str, policy_model: Any) -> None:
             f"{where} has {field}={getattr(found, field)} (its config.json) but config.model implies "
             f"{getattr(c, field)}; make config.model match the checkpoint")
     return
-  found = {jax.tree_util.keystr(k): tuple(v.shape)
-           for k, v in jax.tree_util.tree_leaves_with_path(checkpoint_lib.params_metadata(path))}
+  found = _saved_shapes(path)
+  if _stored_layout_differs(found, policy_model):
+    # The same model with its layers stored the other way (scanned <-> unrolled): converted on load.
+    expected = _param_shapes(model_lib.Llama(model_lib.other_layer_layout(policy_model.config)))
   for key, shape in expected.items():
     if key not in found:
       raise errors.ConfigError(
-          f"{where} has no parameter {key} (config.model.scan_layers or the architecture differs "
-          f"from the checkpoint's; it has e.g. {sorted(found)[:3]})")
+          f"{where} has no parameter {key} (the architecture differs from the checkpoint's; it has "
+          f"e.g. {sorted(found)[:3]})")
     if found[key] != shape:
       raise errors.ConfigError(
           f"{where}: parameter {key} has shape {found[key]} but config.model implies {shape}; "
@@ -132,6 +132,25 @@ def check_init_checkpoint(path: str, policy_model: Any) -> None:
   extra = sorted(set(found) - set(expected))
   if extra:
     raise errors.ConfigError(f"{where} has parameters config.model does not, e.g. {extra[:3]}")
+
+
+def _param_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+          jax.tree_util.tree_leaves_with_path(nn.unbox(sharding.abstract_params(model)))}
+
+
+def _saved_shapes(path: str) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(k): tuple(v.shape)
+          for k, v in jax.tree_util.tree_leaves_with_path(checkpoint_lib.params_metadata(path))}
+
+
+def _stored_layout_differs(saved: dict[str, tuple[int, ...]], policy_model: Any) -> bool:
+  """Whether an orbax params directory stores the layers the other way from `policy_model`: stacked
+  (`['layers']...`, from `convert --scan_layers`) for an unrolled model, or unrolled for a scanned one."""
+  stacked = any(k.startswith("['layers']") for k in saved)
+  unrolled = any(k.startswith("['layers_") for k in saved)
+  return (unrolled and not stacked) if policy_model.config.scan_layers else (stacked and not unrolled)
 
 
 def data_source(config: Any, split: str, name: str = ""):
@@ -196,9 +215,24 @@ def initial_policy_params(run: Run, rng: jax.Array) -> Any:
   if not storage.is_url(path) and os.path.exists(os.path.join(path, "config.json")):
     from rlef_jax import hf  # pylint: disable=g-import-not-at-top
     return hf.load_params(path, run.llama_config, shardings=shardings)
-  params, _ = checkpoint_lib.restore_params(path, shardings=shardings,
-                                            verify=run.config.train.verify_checkpoints)
-  return params
+  return restore_policy_params(run, path)
+
+
+def restore_policy_params(run: Run, path: str | os.PathLike) -> Any:
+  """An orbax params directory as `run.policy_model`'s params on their shardings, its layers stored
+  either way: one converted with `--scan_layers` or without serves both `model.scan_layers` settings."""
+  shardings = sharding.param_shardings(run.policy_model, run.mesh)
+  verify = run.config.train.verify_checkpoints
+  if not _stored_layout_differs(_saved_shapes(path), run.policy_model):
+    params, _ = checkpoint_lib.restore_params(path, shardings=shardings, verify=verify)
+    return params
+  # Stored the other way (scanned <-> unrolled): restore in its own layout and sharding, then stack
+  # or unstack into the model's (the stored tree is freed on return: two copies at the peak).
+  stored_model = model_lib.Llama(model_lib.other_layer_layout(run.llama_config))
+  stored, _ = checkpoint_lib.restore_params(
+      path, shardings=sharding.param_shardings(stored_model, run.mesh), verify=verify)
+  relayout = model_lib.stack_layers if run.llama_config.scan_layers else model_lib.unstack_layers
+  return jax.jit(relayout, out_shardings=shardings)(stored)
 
 
 def problem_stream(run: Run, seed: int):

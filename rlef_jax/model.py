@@ -62,6 +62,22 @@ def unstack_layers(params: Any) -> Any:
   return out
 
 
+def stack_layers(params: Any) -> Any:
+  """The inverse of `unstack_layers`: unrolled params (`layers_0` ... `layers_{N-1}`) as those of the
+  same model with `scan_layers=True` (`layers`, stacked on a leading axis); others as they are."""
+  if not isinstance(params, dict) or "layers_0" not in params:
+    return params
+  n = sum(1 for k in params if k.startswith("layers_"))
+  out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+  out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *(params[f"layers_{i}"] for i in range(n)))
+  return out
+
+
+def other_layer_layout(config: LlamaConfig) -> LlamaConfig:
+  """`config` with its layers stored the other way (scanned <-> unrolled): the same model."""
+  return dataclasses.replace(config, scan_layers=not config.scan_layers)
+
+
 def cast_floating(params: Any, dtype: str) -> Any:
   """`params` with every floating leaf in `dtype` ("float32" | "bfloat16"; on its own sharding), the
   others as they are; leaves already in `dtype` are returned, not copied. E.g. the frozen reference

@@ -24,7 +24,6 @@ from typing import Any, Optional, Sequence
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rlef_jax import checkpoint as checkpoint_lib
@@ -39,6 +38,7 @@ from rlef_jax import model as model_lib
 from rlef_jax import ppo
 from rlef_jax import rollout as rollout_lib
 from rlef_jax import round_batch
+from rlef_jax import train_state
 from rlef_jax import warmstart
 
 CONSOLE_KEYS = ("solve/private", "reward/task_mean", "episode/turns", "kl/turn_mean")
@@ -104,8 +104,9 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
 
 def _start(run: experiment.Run) -> _Training:
   """Datasets (a bad input file fails before the workdir is made or minutes are spent), the workdir,
-  the reference ρ (after the warm start), optimizers and a fresh train state — replaced by the latest
-  checkpoint's when there is one — and the jitted functions of a round."""
+  the reference ρ (after the warm start), optimizers, the train state (fresh, or the latest
+  checkpoint's restored onto an abstract target: never two states at once) and the jitted functions
+  of a round."""
   from rlef_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   c = run.config
   if c.rl.rollouts_per_round % jax.process_count():
@@ -118,26 +119,25 @@ def _start(run: experiment.Run) -> _Training:
   ref_params = warmstart.reference_params(run, init_rng)
 
   policy_opt, value_opt = ppo.make_optimizers(c.optim, total_steps=c.train.num_updates)
-  value_params = model_lib.value_params_from_policy(ref_params, value_rng, run.llama_config)
-  # The update donates the state, so the policy must not share buffers with the frozen reference.
-  policy_params = jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
-  ref_params = model_lib.cast_floating(ref_params, c.rl.reference_dtype)  # ρ: forward passes only
-  state = ppo.init_train_state(policy_params, value_params, policy_opt, value_opt, train_rng)
-  state = round_batch.on_mesh(state, run.mesh)
   iterator = pipeline.make_iterator(
       train_source, seed=c.data.seed, shuffle=c.data.shuffle,
       process_index=jax.process_index(), process_count=jax.process_count())
-
   checkpointer = checkpoint_lib.Checkpointer(run.workdir / "checkpoints",
                                              max_to_keep=c.train.keep_checkpoints,
                                              keep_period=c.train.eval_every,
                                              verify=c.train.verify_checkpoints)
   step = 0
-  if checkpointer.latest_step() is not None:
-    state, extra = checkpointer.restore(None, checkpoint_lib.abstract_like(state))
+  if checkpointer.latest_step() is None:
+    state = train_state.fresh(ref_params, run.llama_config, policy_opt, value_opt, value_rng,
+                              train_rng, run.mesh)
+  else:  # restored onto an abstract target: one train state in memory, never two
+    target, _ = train_state.abstract(run.policy_model, policy_opt, value_opt, run.mesh,
+                                     c.rl.reference_dtype)
+    state, extra = checkpointer.restore(None, target)
     iterator.set_state(_this_process_iterator_state(extra["data_iterator"]))
     step = int(state.step)
     print(f"[train] resumed from step {step} in {run.workdir}", flush=True)
+  ref_params = model_lib.cast_floating(ref_params, c.rl.reference_dtype)  # ρ: forward passes only
 
   settings = run.ppo_settings
   return _Training(

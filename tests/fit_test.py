@@ -120,3 +120,15 @@ def test_llama70b_update_and_scoring_fit_eight_8_gpu_hosts(llama70b_on_64):
     "'8B and 70B fit'"))
 def test_llama70b_sampler_fits_eight_8_gpu_hosts(llama70b_on_64):
   _check([r for r in llama70b_on_64["steps"] if r["phase"] == "sampler"])
+
+
+def test_smollm2_fits_the_2_core_machine_on_one_device():
+  """configs/smollm2.py on one CPU device (24 GiB machine): every step of a round, with the state and
+  the reference beside it, under 16 GB. Its first version (no remat, unrolled layers, one update
+  chunk) needed 556 GB of update temporaries and was killed by the OOM killer (issue #10)."""
+  config = fit.load_config(os.path.join(ROOT, "configs", "smollm2.py"))
+  _, measures = fit.measure(config, jax.devices()[:1])
+  rows = [m.row(16e9) for m in measures]
+  too_big = [f"{r['phase']} {r['step']}: {r['in_loop'] / 1e9:.2f} GB" for r in rows if r["in_loop"] > 16e9]
+  assert not too_big, too_big
+  assert {m.step for m in measures} >= {"update", "policy logprob", "value", "prefill", "decode"}

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from rlef_jax import checkpoint as checkpoint_lib
+from rlef_jax import model as model_lib
 from rlef_jax import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -38,6 +39,7 @@ def smollm2_config(checkpoint_dir, data_dir):
   c.rl.minibatch_size = 8
   c.rl.updates_per_round = 2
   c.rl.score_batch_size = 8
+  c.rl.num_microbatches = 1  # a minibatch of 8 is one episode per device already
   c.train.num_updates = 2
   c.train.eval_every = 2
   c.train.checkpoint_every = 2
@@ -57,7 +59,7 @@ def test_rlef_with_smollm2_on_mbpp_evaluated_on_humaneval_plus(smollm2_checkpoin
   metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in metrics] == [2]
   m = metrics[0]
-  for key in ("kl/turn_mean", "loss/policy", "loss/value", "reward/task_mean", "episode/turns"):
+  for key in ("kl/turn_mean", "policy_loss", "value_loss", "reward/task_mean", "episode/turns"):
     assert np.isfinite(m[key]), key
   assert m["episode/turns"] >= 1 and -1.4 <= m["reward/task_mean"] <= 1.0
 
@@ -66,6 +68,8 @@ def test_rlef_with_smollm2_on_mbpp_evaluated_on_humaneval_plus(smollm2_checkpoin
   state_dir = workdir / "checkpoints"
   assert sorted(p.name for p in state_dir.iterdir() if p.name.isdigit()) == ["2"]
   loaded, _ = checkpoint_lib.restore_params(smollm2_checkpoint / "params")
+  assert config.model.scan_layers and "layers_0" in loaded  # converted unrolled, trained scanned
+  loaded = model_lib.stack_layers(loaded)
   for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(loaded)):
     np.testing.assert_array_equal(a, b)
   state = ocp.PyTreeCheckpointer().restore(state_dir / "2" / "state")

@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny model: bitwise resume (at a data-epoch boundary), SIGTERM, and the
 logged metrics (a resumed run must match an uninterrupted one; issue #5)."""
 
+import gc
 import importlib.util
 import json
 import pathlib
@@ -177,6 +178,68 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_zero(tmp_path, data_dir):
   assert lines[-1]["step"] == step
 
 
+def _buffers(arrays) -> dict:
+  """{(device, address): bytes} of the device buffers behind `arrays` (a buffer shared by several
+  array objects, e.g. a sharded array and its per-device pieces, counted once)."""
+  return {(shard.device, shard.data.unsafe_buffer_pointer()): shard.data.nbytes
+          for a in arrays for shard in a.addressable_shards}
+
+
+def _device_bytes_alive() -> int:
+  """Bytes the live jax arrays hold on the devices."""
+  gc.collect()  # arrays only a reference cycle keeps are garbage, not memory in use
+  return sum(_buffers(jax.live_arrays()).values())
+
+
+def _nbytes_on_devices(tree) -> int:
+  return sum(_buffers(jax.tree.leaves(tree)).values())
+
+
+def test_resume_and_evaluate_hold_one_train_state_at_most(tmp_path, data_dir, uninterrupted,
+                                                           monkeypatch):
+  """Issue #13 item 5, measured on the tiny model: the device bytes of all live arrays when a
+  resume's restore starts and ends, and when an evaluation's restore starts and ends. A resume holds
+  the reference policy and then the restored state, never a fresh state beside it; an evaluation
+  holds the evaluated policy alone (no value model, no optimizer moments)."""
+  import shutil
+  from rlef_jax import checkpoint as checkpoint_lib, evaluate as evaluate_lib
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted[0], workdir)
+  seen = []
+  for name in ("restore", "restore_part"):
+    def measured(self, *args, _original=getattr(checkpoint_lib.Checkpointer, name), **kwargs):
+      before = _device_bytes_alive()
+      out = _original(self, *args, **kwargs)
+      seen.append((before, _device_bytes_alive(), out))
+      return out
+    monkeypatch.setattr(checkpoint_lib.Checkpointer, name, measured)
+
+  run = experiment.build(tiny_config(data_dir), str(workdir))
+  try:
+    baseline = _device_bytes_alive()
+    t = train_lib._start(run)  # resumes from step 2
+    assert t.step == 2 and len(seen) == 1
+    at_start, at_end, (state, _) = seen[0]
+    state_bytes, ref_bytes = _nbytes_on_devices(state), _nbytes_on_devices(t.ref_params)
+    policy_bytes = _nbytes_on_devices(state.policy_params)
+    assert state_bytes > 4 * policy_bytes  # policy, value, two Adam moments each
+    slack = 64 << 10  # keys, counters, small replicated scalars
+    assert at_start - baseline <= ref_bytes + slack, (at_start - baseline, ref_bytes, state_bytes)
+    assert at_end - baseline <= ref_bytes + state_bytes + slack, (at_end - baseline, ref_bytes, state_bytes)
+    t.close()
+    del t, state
+    seen.clear()
+
+    baseline = _device_bytes_alive()
+    params, name, step = evaluate_lib.evaluated_params(run, None)
+    assert (name, step) == ("step_2", 2) and len(seen) == 1
+    at_start, at_end, _ = seen[0]
+    assert at_start - baseline <= slack
+    assert at_end - baseline <= _nbytes_on_devices(params) + slack
+  finally:
+    run.close()
+
+
 def test_a_corrupted_latest_checkpoint_is_refused_on_resume(tmp_path, data_dir, uninterrupted):
   """Issue 14: bytes flipped in the latest checkpoint's largest data file stop the resume with one
   error naming the file (before this, the run resumed silently with corrupted parameters)."""
@@ -275,6 +338,41 @@ def test_an_init_checkpoint_in_a_bucket_is_checked_like_a_local_one(gcs, data_di
     experiment.check_init_checkpoint("gs://rlef-test/init/p", wider)
   with pytest.raises(errors.MissingPathError, match="init_checkpoint='gs://rlef-test/init/q': no such directory$"):
     experiment.check_init_checkpoint("gs://rlef-test/init/q", model)
+
+
+@pytest.mark.parametrize("saved_scanned", [False, True])
+def test_an_init_checkpoint_stored_in_the_other_layer_layout_loads_as_the_same_model(
+    tmp_path, data_dir, saved_scanned):
+  """Params converted unrolled serve a `scan_layers=True` config (as configs/smollm2.py needs for
+  remat) and the other way round: checked, restored, re-laid out, and the logits are the same model's."""
+  import types
+  from rlef_jax import checkpoint as checkpoint_lib, config as config_lib, sharding
+  from rlef_jax import model as model_lib
+  two_layers = {"model.num_layers": 2}
+  saved_config = tiny_config(data_dir, **two_layers, **{"model.scan_layers": saved_scanned})
+  run_config = tiny_config(data_dir, **two_layers, **{"model.scan_layers": not saved_scanned})
+  saved_model = model_lib.Llama(config_lib.llama_config(saved_config.model))
+  run_model = model_lib.Llama(config_lib.llama_config(run_config.model))
+  mesh = sharding.make_mesh(run_config.mesh)
+  saved = jax.tree.map(np.asarray, sharding.init_params(saved_model, mesh, jax.random.key(3)))
+  checkpoint_lib.save_params(tmp_path / "p", saved, metadata={})
+  run_config.model.init_checkpoint = str(tmp_path / "p")
+
+  experiment.check_init_checkpoint(run_config.model.init_checkpoint, run_model)
+  run = types.SimpleNamespace(config=run_config, policy_model=run_model, mesh=mesh,
+                              llama_config=run_model.config)
+  params = experiment.initial_policy_params(run, jax.random.key(0))
+
+  relaid = model_lib.unstack_layers(saved) if saved_scanned else model_lib.stack_layers(saved)
+  assert jax.tree.structure(params) == jax.tree.structure(relaid)
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(relaid)):
+    np.testing.assert_array_equal(np.asarray(got), want)
+  want_sharding = sharding.param_shardings(run_model, mesh)
+  assert all(a.sharding == s for a, s in zip(jax.tree.leaves(params), jax.tree.leaves(want_sharding)))
+  tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, run_model.config.vocab_size)
+  logits_saved, _ = saved_model.apply({"params": saved}, tokens)
+  logits_run, _ = run_model.apply({"params": params}, tokens)
+  np.testing.assert_allclose(np.asarray(logits_run), np.asarray(logits_saved), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow  # about 70 s: two more train() calls
