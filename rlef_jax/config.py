@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"  # stored params / optimizer dtype: "float32" | "bfloat16"
   m.remat = True  # rematerialise each decoder layer in the backward pass (saves activation memory)
   m.scan_layers = True  # nn.scan over layers: params stacked on a leading "layers" axis, fast compile
+  m.attention = "einsum"  # full-sequence attention (update, scoring): "einsum" (explicit float32 scores) | "dot_product" (jax.nn.dot_product_attention: cuDNN's fused kernel on a GPU where it applies, else XLA) | "xla" | "cudnn" (forced)
   m.init_checkpoint = ""  # "" = random init; else an HF model dir or an orbax params dir
 
   c.tokenizer = ml_collections.ConfigDict()
@@ -238,6 +239,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # The env fields are checked by env_config.EnvConfig, in validate().
     "execution.workers": _ge(0),
     "execution.sandbox": _choice("auto", "bwrap", "unshare", "weak"),
+    "model.attention": _choice(*model.ATTENTION),
     "sampling.temperature": _ge(0), "sampling.top_p": _half_open(0, 1),
     "sampling.max_new_tokens": _ge(1), "sampling.max_context_length": _ge(2),
     "sampling.max_concurrent_episodes": _ge(0), "sampling.prefill_chunk": _ge(0),
@@ -447,4 +449,5 @@ def llama_config(model_cfg) -> model.LlamaConfig:
   if arch["rope_scaling"] is not None:
     arch["rope_scaling"] = model.RopeScaling(**arch["rope_scaling"])
   return model.LlamaConfig(**arch, param_dtype=model_cfg.param_dtype, dtype=model_cfg.dtype,
-                           remat=model_cfg.remat, scan_layers=model_cfg.scan_layers)
+                           remat=model_cfg.remat, scan_layers=model_cfg.scan_layers,
+                           attention=model_cfg.attention)

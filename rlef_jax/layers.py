@@ -158,6 +158,11 @@ class Attention(nn.Module):
     if kv is not None:
       out_BxLxHxDh, kv = _cached_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, kv, positions_BxL,
                                            lengths_B, dt, self.attend_slots)
+    elif cfg.attention != "einsum":
+      # Positions are 0..L-1 without a cache, so the mask is the causal one; GQA without repeating K/V.
+      out_BxLxHxDh = jax.nn.dot_product_attention(
+          q_BxLxHxDh, k_BxLxKxDh.astype(dt), v_BxLxKxDh.astype(dt), is_causal=True,
+          implementation=None if cfg.attention == "dot_product" else cfg.attention)
     else:
       visible_BxLxL = positions_BxL[:, None, :] <= positions_BxL[:, :, None]
       q_BxLxKxGxDh = q_BxLxHxDh.reshape(B, L, K, H // K, Dh)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ATTENTION = ("einsum", "dot_product", "xla", "cudnn")  # LlamaConfig.attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,11 @@ class LlamaConfig:
   dtype: str = "float32"
   remat: bool = False
   scan_layers: bool = False
+  # Full-sequence attention (training, scoring; decoding always uses the cached einsum path):
+  # "einsum" (explicit scores, float32 softmax), or `jax.nn.dot_product_attention` with its
+  # implementation chosen by JAX ("dot_product": cuDNN's fused kernel where it applies, else XLA),
+  # or forced ("xla", "cudnn": a GPU with bf16/fp16 compute).
+  attention: str = "einsum"
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -76,6 +82,8 @@ class LlamaConfig:
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"LlamaConfig.{name} must be one of {sorted(DTYPES)}, "
                          f"got {getattr(self, name)!r}")
+    if self.attention not in ATTENTION:
+      raise ValueError(f"LlamaConfig.attention must be one of {ATTENTION}, got {self.attention!r}")
     if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
       raise ValueError(f"LlamaConfig.rms_norm_eps and rope_theta must be positive, got "
                        f"{self.rms_norm_eps}, {self.rope_theta}")

@@ -32,14 +32,6 @@ def _params(cfg, seed=0):
   return init(jax.random.key(seed))["params"]
 
 
-def _stack_layers(params, num_layers):
-  """Non-scan params -> the scan layout (per-layer params stacked under `layers`)."""
-  out = {k: v for k, v in params.items() if not k.startswith("layers_")}
-  out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs),
-                               *[params[f"layers_{i}"] for i in range(num_layers)])
-  return out
-
-
 def _tokens(seed, shape, vocab=TINY.vocab_size):
   return jax.random.randint(jax.random.key(seed), shape, 0, vocab, dtype=jnp.int32)
 
@@ -132,12 +124,46 @@ def test_scan_and_remat_match_plain_forward_and_grads():
   (l0, logits0), g0 = grad(TINY)(params)
   for remat, scan in [(True, False), (False, True), (True, True)]:
     cfg = dataclasses.replace(TINY, remat=remat, scan_layers=scan)
-    p = _stack_layers(params, TINY.num_layers) if scan else params
+    p = M.stack_layers(params) if scan else params
     (l1, logits1), g1 = grad(cfg)(p)
     np.testing.assert_allclose(logits1, logits0, atol=1e-5)
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
-    want = _stack_layers(g0, TINY.num_layers) if scan else g0
+    want = M.stack_layers(g0) if scan else g0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, want)
+
+
+@pytest.mark.parametrize("attention", ["dot_product", "xla"])
+@pytest.mark.parametrize("scan", [False, True])
+def test_dot_product_attention_matches_the_einsum_path_in_logits_and_grads(attention, scan):
+  """`model.attention` other than "einsum" (jax.nn.dot_product_attention: causal, GQA without
+  repeated K/V; on the CPU its XLA implementation) is the same model: logits and gradients of a
+  right-padded batch, unrolled or scanned with remat."""
+  params = _params(TINY)
+  tokens = _tokens(2, (3, 13)).at[1, 9:].set(0)
+
+  def loss(cfg, p):
+    logits, _ = M.Llama(cfg).apply({"params": p}, tokens)
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 5]), logits
+
+  grad = lambda cfg: jax.jit(jax.value_and_grad(functools.partial(loss, cfg), has_aux=True))
+  (l0, logits0), g0 = grad(TINY)(params)
+  cfg = dataclasses.replace(TINY, attention=attention, remat=scan, scan_layers=scan)
+  p = M.stack_layers(params) if scan else params
+  (l1, logits1), g1 = grad(cfg)(p)
+  np.testing.assert_allclose(logits1, logits0, atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  want = M.stack_layers(g0) if scan else g0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), g1, want)
+
+
+def test_dot_product_attention_in_bfloat16_tracks_float32():
+  params = _params(TINY)
+  tokens = _tokens(3, (2, 17))
+  want = _apply(TINY)({"params": params}, tokens)[0]
+  for attention in ("einsum", "dot_product"):
+    cfg = dataclasses.replace(TINY, dtype="bfloat16", attention=attention)
+    got = _apply(cfg)({"params": params}, tokens)[0]
+    assert float(jnp.max(jnp.abs(got - want))) < 0.05 * float(jnp.max(jnp.abs(want))), attention
 
 
 def _row_logits(cfg, params, row):
@@ -150,7 +176,7 @@ def test_padded_prefill_then_decode_matches_full_forward(scan):
   """Decoding runs unrolled: a scan-trained model's params are unstacked for it (sampler.prepare)."""
   cfg = dataclasses.replace(TINY, scan_layers=scan)
   params = _params(TINY, seed=3)
-  params = _stack_layers(params, TINY.num_layers) if scan else params
+  params = M.stack_layers(params) if scan else params
   apply = _apply(M.decoding_config(cfg))
   full_params, params = params, M.unstack_layers(params)
   lengths = [5, 9, 2]
@@ -336,6 +362,7 @@ def test_forward_under_sharding_rules_matches_unsharded():
     (dict(dtype="float16"), "dtype"),
     (dict(num_layers=0), "num_layers"),
     (dict(head_dim=7), "head_dim"),
+    (dict(attention="flash"), "attention must be one of"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -345,7 +372,7 @@ def test_config_rejects_bad_values(kwargs, match):
 
 def test_decoding_needs_unrolled_layers_and_a_cache_per_layer():
   cfg = dataclasses.replace(TINY, scan_layers=True)
-  stacked = _stack_layers(_params(TINY), TINY.num_layers)
+  stacked = M.stack_layers(_params(TINY))
   with pytest.raises(ValueError, match="unrolled"):
     M.Llama(cfg).apply({"params": stacked}, _tokens(0, (2, 3)), M.init_cache(TINY, 2, 8))
   with pytest.raises(ValueError, match="unrolled"):
