@@ -147,6 +147,7 @@ def base_config() -> ml_collections.ConfigDict:
   r.advantage_norm = "batch"  # [U] our choice: "batch" (mean/std over all turns of the round) | "none"
   r.loss_aggregation = "token_mean"  # [U] our choice: policy loss averaged over all policy tokens of a minibatch ("token_mean") or per turn first ("turn_mean")
   r.behaviour_correction = True  # multiply ratios by stopgrad(min(pi/pi_b, 1)) (paper App. A.1)
+  r.async_rollouts = False  # [U] our choice of default: True samples the next round's rollouts (from the policy before this round's updates) while this round's updates run, the paper's split of inference and training; the behaviour correction above accounts for the lag (logged as rollout/policy_lag_updates and logp/behaviour_kl); one process only
   r.kl_clamp = 20.0  # [U] our choice: clamp per-token log(pi/rho) to +-this before averaging (0 = off)
 
   c.optim = o = ml_collections.ConfigDict()

@@ -129,6 +129,11 @@ def make_round_batch(run: Any, state: ppo.TrainState, ref_params: Any,
       "episode/response_tokens": float(np.sum(mask) / turns),
       "kl/turn_mean": float(np.sum(targets["kl_BxT"] * turn_mask) / turns),
       "value/mean": float(np.sum(batch["old_values_BxT"] * turn_mask) / turns),
+      # KL(behaviour || current policy), estimated on the sampled tokens: ~0 when the round was
+      # sampled by the policy being updated, the freshness lost when it was sampled earlier
+      # (rl.async_rollouts).
+      "logp/behaviour_kl": float(
+          np.sum((batch["behaviour_logp_BxL"] - batch["old_logp_BxL"]) * mask) / max(np.sum(mask), 1)),
       "logp/sampler_vs_trainer_abs_diff": float(
           np.sum(np.abs(batch["old_logp_BxL"] - batch["behaviour_logp_BxL"]) * mask) / max(np.sum(mask), 1)),
   }

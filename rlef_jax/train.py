@@ -2,10 +2,15 @@
 
 `train()` reads top to bottom as its phases: build the run (`experiment.build`: mesh, tokenizer,
 models, executor, typed settings) → `_start` (datasets, the frozen reference ρ after the warm start,
-a fresh or resumed train state) → `_evaluate_before` → rounds of `_collect` (rollouts with the
+a fresh or resumed train state) → `_evaluate_before` → rounds of `_round_rollouts` (rollouts with the
 current policy), `round_batch.make_round_batch` (old/reference log-probs, values, per-turn targets),
 `_update` (K minibatch PPO updates), `_log`, `_evaluate_and_checkpoint` → `_finish` (final
 checkpoint and evaluation).
+
+With `rl.async_rollouts` (one process) the next round's rollouts are sampled in a thread, from a copy
+of the policy before this round's updates, while those updates run (`_start_next_rollouts`): the
+paper's split of inference and training, one round (K updates) stale, which the behaviour-policy
+correction of the loss accounts for; `rollout/policy_lag_updates` and `logp/behaviour_kl` log it.
 
 A round collects `rl.rollouts_per_round` episodes, computes per-turn rewards with the KL penalty to ρ,
 returns, values and advantages once for the whole round, then makes `rl.updates_per_round` updates of
@@ -16,6 +21,7 @@ latest one. SIGTERM finishes the current round, writes a checkpoint and exits 0.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import signal
@@ -60,11 +66,31 @@ class _Training:
   checkpointer: checkpoint_lib.Checkpointer
   writer: metrics_lib.MetricsWriter
   last_checkpoint: int
+  pending: Optional["_PendingRollouts"] = None  # rl.async_rollouts: the next round's, in flight
 
   def close(self):
+    self.drop_pending()
     self.checkpointer.wait()
     self.writer.close()
     self.checkpointer.close()
+
+  def drop_pending(self):
+    """Waits for rollouts still in flight and discards them (a stop, an error): nothing is left
+    running on the executor pool or the devices."""
+    if self.pending is not None:
+      concurrent.futures.wait([self.pending.future])
+      self.pending.thread.shutdown()
+      self.pending = None
+
+
+@dataclasses.dataclass
+class _PendingRollouts:
+  """The next round's rollouts (`rl.async_rollouts`), sampled in a thread while this round's updates
+  run, from a copy of the policy as it was before them."""
+  future: concurrent.futures.Future
+  thread: concurrent.futures.ThreadPoolExecutor
+  policy_step: int  # the updates the sampling policy had seen
+  iterator_state: Any  # the data order before their problems were drawn: what a checkpoint keeps
 
 
 def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None) -> dict:
@@ -73,6 +99,7 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
   commands.check_workdir(workdir)
   _Stop.install()  # before the warm start and first evaluation, which can take minutes
   run = experiment.build(config, workdir)
+  t = None
   try:
     t = _start(run)
     results = _evaluate_before(run, t)
@@ -80,14 +107,17 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
       round_start = time.perf_counter()
       round_rng = jax.random.fold_in(t.state.rng, t.step)
       timers = metrics_lib.Timers()
-      with timers("rollout"):
-        records, stats = _collect(run, t, round_rng)
+      with timers("rollout"):  # with rl.async_rollouts: the wait for the rollouts sampled last round
+        records, stats, lag = _round_rollouts(run, t, round_rng)
       with timers("score"):
         batch, round_metrics = round_batch.make_round_batch(run, t.state, t.ref_params, records,
                                                             t.score_fns)
+      if config.rl.async_rollouts and t.step + config.rl.updates_per_round < config.train.num_updates:
+        t.pending = _start_next_rollouts(run, t)  # sampled while this round's updates run
       with timers("update"):
         update_metrics = _update(run, t, batch, round_rng)
-      _log(t, batch, {**round_metrics, **stats.as_metrics()}, update_metrics, timers, round_start)
+      _log(t, batch, {**round_metrics, **stats.as_metrics(), "rollout/policy_lag_updates": lag},
+           update_metrics, timers, round_start)
       if _evaluate_and_checkpoint(run, t, stop_after_updates):
         t.close()
         print(f"[train] stopped at step {t.step}; rerun the same command to resume", flush=True)
@@ -95,6 +125,8 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
     t.close()
     return _finish(run, t, results)
   finally:
+    if t is not None:
+      t.drop_pending()
     run.close()
 
 
@@ -109,6 +141,10 @@ def _start(run: experiment.Run) -> _Training:
   of a round."""
   from rlef_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   c = run.config
+  if c.rl.async_rollouts and jax.process_count() > 1:
+    raise errors.ConfigError("config.rl.async_rollouts runs in one process only (its rollout thread's "
+                             "collectives would interleave with the updates' across hosts); set it "
+                             "to False for a multi-host run")
   if c.rl.rollouts_per_round % jax.process_count():
     raise errors.ConfigError(f"rl.rollouts_per_round={c.rl.rollouts_per_round} must divide evenly over "
                              f"the {jax.process_count()} processes")
@@ -172,12 +208,37 @@ def _evaluate_before(run: experiment.Run, t: _Training) -> dict:
   return {"before": before}
 
 
-def _collect(run: experiment.Run, t: _Training, round_rng: jax.Array):
-  """This process's share of the round's episodes, sampled with the current policy."""
+def _draw_problems(run: experiment.Run, t: _Training) -> list:
+  """This process's share of the next round's problems, from the data order."""
   count = run.config.rl.rollouts_per_round // jax.process_count()
   examples = [next(t.iterator) for _ in range(count)]
-  problems = experiment.to_problems(examples, run.config, run.pool)
-  return t.engine.run(t.state.policy_params, problems, round_rng)
+  return experiment.to_problems(examples, run.config, run.pool)
+
+
+def _round_rollouts(run: experiment.Run, t: _Training, round_rng: jax.Array):
+  """(records, stats, policy lag in updates) of this round: the rollouts started during the last
+  round's updates when there are some (`rl.async_rollouts`), else sampled now with the current policy
+  (the first round, and the first after a resume: lag 0)."""
+  if t.pending is not None:
+    pending, t.pending = t.pending, None
+    records, stats = pending.future.result()
+    pending.thread.shutdown()
+    return records, stats, t.step - pending.policy_step
+  records, stats = t.engine.run(t.state.policy_params, _draw_problems(run, t), round_rng)
+  return records, stats, 0
+
+
+def _start_next_rollouts(run: experiment.Run, t: _Training) -> _PendingRollouts:
+  """Starts sampling the round after this one with the policy as it is now (a copy: the updates
+  donate the state), its problems drawn here so the data order stays on this thread. Its key is the
+  one that round would have had (the RNG of the state does not change in an update)."""
+  iterator_state = t.iterator.get_state()
+  problems = _draw_problems(run, t)
+  params = jax.tree.map(lambda x: x.copy(), t.state.policy_params)
+  next_rng = jax.random.fold_in(t.state.rng, t.step + run.config.rl.updates_per_round)
+  thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollouts")
+  future = thread.submit(t.engine.run, params, problems, next_rng)
+  return _PendingRollouts(future, thread, t.step, iterator_state)
 
 
 def _update(run: experiment.Run, t: _Training, batch: dict, round_rng: jax.Array) -> list[dict]:
@@ -224,6 +285,10 @@ def _evaluate_and_checkpoint(run: experiment.Run, t: _Training,
   stopping = bool(distributed.agree_max(
       _Stop.requested or (stop_after_updates is not None and t.step >= stop_after_updates)))
   evaluating = bool(c.train.eval_every) and t.step % c.train.eval_every == 0 and not last
+  if t.pending is not None and (stopping or evaluating):
+    # One sampler at a time on the executor pool and the devices: the evaluation waits for the
+    # rollouts in flight (kept for the next round; a stop discards them in `close`).
+    concurrent.futures.wait([t.pending.future])
   if evaluating:
     summary = evaluate_lib.run_evaluation(
         run, t.state.policy_params, t.problems_eval, f"step_{t.step}",
@@ -232,7 +297,10 @@ def _evaluate_and_checkpoint(run: experiment.Run, t: _Training,
         step=t.step)
     evaluate_lib.record_best(run.workdir, summary, c.eval.select_metric)
   if last or stopping or evaluating or t.step - t.last_checkpoint >= c.train.checkpoint_every:
-    t.checkpointer.save(t.step, t.state, {"data_iterator": _iterator_states(t.iterator)})
+    # With rollouts in flight, the data order saved is the one before their problems were drawn:
+    # a resume draws the same problems and samples them with the policy it resumes (lag 0).
+    t.checkpointer.save(t.step, t.state, {"data_iterator": _iterator_states(
+        t.iterator, t.pending.iterator_state if t.pending is not None else None)})
     t.last_checkpoint = t.step
   return stopping and not last
 
@@ -258,9 +326,10 @@ def _finish(run: experiment.Run, t: _Training, results: dict) -> dict:
 # Data order across processes, signals
 
 
-def _iterator_states(iterator) -> list:
-  """Every process's data-iterator state (process order), for the checkpoint."""
-  return distributed.allgather_objects(iterator.get_state())
+def _iterator_states(iterator, state: Any = None) -> list:
+  """Every process's data-iterator state (process order; this process's `state`, or the iterator's
+  own), for the checkpoint."""
+  return distributed.allgather_objects(iterator.get_state() if state is None else state)
 
 
 def _this_process_iterator_state(saved: Any) -> Any:

@@ -133,6 +133,7 @@ def test_metrics_hold_what_the_issue_asks_for(uninterrupted):
     # Rollouts are sampled by the policy being trained, at temperature 1: the trainer's full
     # forward gives the sampler's log-probs up to float32 noise.
     assert line["logp/sampler_vs_trainer_abs_diff"] < 1e-4
+    assert abs(line["logp/behaviour_kl"]) < 1e-4 and line["rollout/policy_lag_updates"] == 0
     assert 1 <= line["episode/turns"] <= 3
     assert 0 < line["episode/response_tokens"] <= OVERRIDES["sampling.max_new_tokens"]
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
@@ -142,6 +143,47 @@ def test_metrics_hold_what_the_issue_asks_for(uninterrupted):
     assert summary["single_turn_pass1"]["episodes"] == 6
   assert results["after"]["name"] == "step_2_final"
   assert (workdir / "reference_params" / "params").is_dir()
+
+
+def test_async_rollouts_sample_the_next_round_during_the_updates(tmp_path, data_dir, uninterrupted):
+  """rl.async_rollouts: round 2 is sampled from the policy before round 1's update (lag 1 update), in
+  a thread while that update runs, and the evaluation after round 1 waits for it. Round 1 is the
+  synchronous run's, bit for bit; round 2's rollouts are older than the policy they train, which the
+  behaviour KL shows and the behaviour correction accounts for."""
+  config = tiny_config(data_dir, **{"rl.async_rollouts": True, "train.eval_every": 1})
+  results = train_lib.train(config, str(tmp_path))
+  lines = metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
+  sync = metrics_lib.read_jsonl(uninterrupted[0] / "metrics.jsonl")
+  assert [l["rollout/policy_lag_updates"] for l in lines] == [0, 1]
+  assert _without_timing(lines)[0] == _without_timing(sync)[0]
+  # Round 2: the same problems and key as the synchronous run's, sampled by the policy one update
+  # older, so the trainer's log-probs differ from the sampler's by more than float noise.
+  assert lines[1]["logp/sampler_vs_trainer_abs_diff"] > 10 * sync[1]["logp/sampler_vs_trainer_abs_diff"]
+  assert lines[1]["logp/behaviour_kl"] != sync[1]["logp/behaviour_kl"]
+  assert json.loads((tmp_path / "eval" / "step_1.json").read_text())["multi_turn_1at3"]["episodes"] == 2
+  assert results["after"]["name"] == "step_2_final"
+
+
+@pytest.mark.slow  # about 70 s: two more train() calls
+def test_async_rollouts_stopped_and_resumed_give_the_synchronous_run(tmp_path, data_dir, uninterrupted):
+  """A stop with rollouts in flight discards them and checkpoints the data order from before their
+  problems: the resumed round draws the same problems and samples them with the resumed policy and
+  the round's own key (lag 0) -- here exactly the synchronous run."""
+  config = tiny_config(data_dir, **{"rl.async_rollouts": True})
+  train_lib.train(config, str(tmp_path), stop_after_updates=1)
+  train_lib.train(config, str(tmp_path))
+  assert_same_run(tmp_path, uninterrupted[0], steps=2)
+
+
+def test_async_rollouts_refuse_several_processes(monkeypatch, data_dir, tmp_path):
+  from rlef_jax import errors
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  run = experiment.build(tiny_config(data_dir, **{"rl.async_rollouts": True}), str(tmp_path))
+  try:
+    with pytest.raises(errors.ConfigError, match="async_rollouts runs in one process only"):
+      train_lib._start(run)
+  finally:
+    run.close()
 
 
 @pytest.mark.slow  # about 90 s on 2 busy cores: a fresh process compiles everything again
