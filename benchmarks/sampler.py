@@ -2,7 +2,7 @@
 
   python benchmarks/sampler.py --preset=smollm2-135m --batch=32 --prompt=64 --new=128 \
       [--cache=0,1024,4096] [--dtype=float32] [--param_dtype=float32] [--temperature=0] \
-      [--scan_layers] [--transformers] [--peak_gflops=X --bandwidth_gbs=Y]
+      [--scan_layers] [--transformers] [--peak_gflops=X --bandwidth_gbs=Y] [--history=0,512,1536]
 
 Random-initialised models of the project's presets (rlef_jax.config.MODEL_PRESETS, or --layers /
 --hidden ... overrides for a custom size). For each allocated cache length (`--cache`, 0 = just what
@@ -16,14 +16,16 @@ with `--new` tokens and once with 1, after a warm-up call of each (compilation e
   memory bandwidth: the step's roofline time is the larger of the two; `roofline` = that / measured.
 
 Peak FLOP/s and bandwidth are measured here (a large jitted matmul, a large donated copy) unless
-given. With `--transformers` (and torch installed) the same model and shapes run through
+given. With `--history`, a later turn is timed too: the cache already holds that many tokens (fed
+untimed), and the call feeds the prompt chunk (the feedback message) and samples `--new` tokens; its
+time staying flat in the history shows a turn's continuation costs O(new tokens), not a re-prefill
+of the dialogue. With `--transformers` (and torch installed) the same model and shapes run through
 transformers' `generate` (greedy, `min_new_tokens` = `max_new_tokens`) in the same process, for a
 side-by-side figure. Nothing here is a test: figures go to BUILD_NOTES.md with the command line.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -88,15 +90,22 @@ def _prepare(params, cfg):
   return params, model_lib.Llama(cfg)
 
 
-def time_generate(params, cfg, args, cache_len: int, new: int) -> float:
+def time_generate(params, cfg, args, cache_len: int, new: int, history: int = 0) -> float:
+  """Best time of `generate` on a prompt chunk of `args.prompt` tokens, `new` new tokens. With
+  `history`, the cache already holds that many tokens (earlier turns, fed untimed with
+  `sampler.feed`): the call is a later turn's continuation."""
   B, P = args.batch, args.prompt
   sparams, smodel = _prepare(params, cfg)
   rng = np.random.default_rng(0)
   chunk = rng.integers(3, cfg.vocab_size, size=(B, P)).astype(np.int32)
   lens = np.full(B, P, np.int32)
+  past = rng.integers(3, cfg.vocab_size, size=(B, max(history, 1))).astype(np.int32)
 
   def once():
     cache = model_lib.init_cache(cfg, B, cache_len)
+    if history:
+      cache = sampler.feed(sparams, cache, past, np.full(B, history, np.int32), model=smodel)
+      jax.block_until_ready(cache)
     t = time.perf_counter()
     out = sampler.generate(sparams, cache, chunk, lens, jax.random.key(0), model=smodel,
                            max_new_tokens=new, temperature=args.temperature, top_p=1.0,
@@ -150,6 +159,9 @@ def main(argv=None) -> None:
   ap.add_argument("--prompt", type=int, default=64)
   ap.add_argument("--new", type=int, default=128)
   ap.add_argument("--cache", default="0", help="comma-separated allocated cache lengths (0 = just enough)")
+  ap.add_argument("--history", default="",
+                  help="comma-separated token counts already in the cache (a later turn's "
+                       "continuation; timed: the feedback chunk + new tokens only)")
   ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   ap.add_argument("--param_dtype", default="float32", choices=("float32", "bfloat16"))
   ap.add_argument("--temperature", type=float, default=0.0)
@@ -190,6 +202,19 @@ def main(argv=None) -> None:
           f"(roofline {row['roofline_ms']:.2f} ms: {row['roofline']:.0%}), MFU {row['mfu']:.0%}")
     if args.json:
       print(json.dumps(row))
+  history = [int(h) for h in args.history.split(",") if h]
+  if history:
+    capacity = max(history) + args.prompt + args.new + 1
+    base = None
+    for h in history:
+      t_new = time_generate(params, cfg, args, capacity, args.new, history=h)
+      t_one = time_generate(params, cfg, args, capacity, 1, history=h)
+      base = base or t_new
+      print(f"continuation after {h:6d} cached tokens (cache {capacity}): turn {t_new * 1e3:8.1f} ms "
+            f"({t_new / base:.2f}x the first), {(t_new - t_one) / (args.new - 1) * 1e3:8.2f} ms/step")
+      if args.json:
+        print(json.dumps({"history": h, "cache": capacity, "turn_ms": t_new * 1e3,
+                          "ms_step": (t_new - t_one) / (args.new - 1) * 1e3}))
   if args.transformers:
     times = transformers_times(cfg, args)
     if times is None:
