@@ -125,9 +125,11 @@ def train(config: Any, workdir: str, *, stop_after_updates: Optional[int] = None
     t.close()
     return _finish(run, t, results)
   finally:
-    if t is not None:
-      t.drop_pending()
-    run.close()
+    try:
+      run.close()  # first: rollouts still in flight then fail fast on the closed executor pool
+    finally:
+      if t is not None:
+        t.drop_pending()
 
 
 # ---------------------------------------------------------------------------------------------
