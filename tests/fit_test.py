@@ -122,6 +122,7 @@ def test_llama70b_sampler_fits_eight_8_gpu_hosts(llama70b_on_64):
   _check([r for r in llama70b_on_64["steps"] if r["phase"] == "sampler"])
 
 
+@pytest.mark.slow  # about 35 s: the compiled steps of a 135M model
 def test_smollm2_fits_the_2_core_machine_on_one_device():
   """configs/smollm2.py on one CPU device (24 GiB machine): every step of a round, with the state and
   the reference beside it, under 16 GB. Its first version (no remat, unrolled layers, one update

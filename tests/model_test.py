@@ -132,8 +132,7 @@ def test_scan_and_remat_match_plain_forward_and_grads():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, want)
 
 
-@pytest.mark.parametrize("attention", ["dot_product", "xla"])
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("attention,scan", [("dot_product", False), ("xla", True)])
 def test_dot_product_attention_matches_the_einsum_path_in_logits_and_grads(attention, scan):
   """`model.attention` other than "einsum" (jax.nn.dot_product_attention: causal, GQA without
   repeated K/V; on the CPU its XLA implementation) is the same model: logits and gradients of a

@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from rlef_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # about 25 s: a benchmark in its own process
 def test_ppo_step_benchmark_reports_the_update_it_ran():
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks", "ppo_step.py"),
