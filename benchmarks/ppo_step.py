@@ -93,7 +93,7 @@ def main(argv=None) -> None:
   reference = sharding.init_params(s.policy_model, s.mesh, key)
   state = train_state.fresh(reference, cfg, s.policy_opt, s.value_opt, key, key, s.mesh)
   del reference
-  n_policy = sum(x.size for x in jax.tree.leaves(state.policy_params))
+  n_policy = cfg.num_params()
   n_value = sum(x.size for x in jax.tree.leaves(state.value_params))
   update = ppo.make_update_step(s.policy_model, s.value_model, s.policy_opt, s.value_opt,
                                 ppo.PPOSettings.from_config(config.rl),

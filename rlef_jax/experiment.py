@@ -209,12 +209,12 @@ def run_rngs(config: Any) -> tuple[jax.Array, ...]:
 def initial_policy_params(run: Run, rng: jax.Array) -> Any:
   """Random init or `config.model.init_checkpoint` (an HF directory or an orbax params directory)."""
   path = run.config.model.init_checkpoint
-  shardings = sharding.param_shardings(run.policy_model, run.mesh)
   if not path:
     return sharding.init_params(run.policy_model, run.mesh, rng)
   if not storage.is_url(path) and os.path.exists(os.path.join(path, "config.json")):
     from rlef_jax import hf  # pylint: disable=g-import-not-at-top
-    return hf.load_params(path, run.llama_config, shardings=shardings)
+    return hf.load_params(path, run.llama_config,
+                          shardings=sharding.param_shardings(run.policy_model, run.mesh))
   return restore_policy_params(run, path)
 
 
