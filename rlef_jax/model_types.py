@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ATTENTION = ("einsum", "dot_product", "xla", "cudnn")  # LlamaConfig.attention
+ATTENTION = ("einsum", "blocked", "dot_product", "xla", "cudnn")  # LlamaConfig.attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,8 @@ class LlamaConfig:
   remat: bool = False
   scan_layers: bool = False
   # Full-sequence attention (training, scoring; decoding always uses the cached einsum path):
-  # "einsum" (explicit scores, float32 softmax), or `jax.nn.dot_product_attention` with its
+  # "einsum" (explicit scores, float32 softmax), "blocked" (the same by query blocks, skipping the
+  # scores above the diagonal block: ~2x faster on a CPU), or `jax.nn.dot_product_attention` with its
   # implementation chosen by JAX ("dot_product": cuDNN's fused kernel where it applies, else XLA),
   # or forced ("xla", "cudnn": a GPU with bf16/fp16 compute).
   attention: str = "einsum"

@@ -155,6 +155,37 @@ def test_dot_product_attention_matches_the_einsum_path_in_logits_and_grads(atten
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), g1, want)
 
 
+@pytest.mark.parametrize("block,length,scan", [
+    (4, 13, False), pytest.param(64, 150, True, marks=pytest.mark.slow)])  # slow: the suite's 15 min
+def test_blocked_attention_is_the_einsum_path_in_logits_and_grads(monkeypatch, block, length, scan):
+  """`model.attention = "blocked"` (query blocks, each over the keys up to its end) is the same
+  model as the one-block einsum path: logits and gradients of a right-padded batch whose length is
+  not a multiple of the block (a partial last block), unrolled, or scanned with remat."""
+  from rlef_jax import layers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(layers, "ATTENTION_BLOCK", block)
+  params = _params(TINY)
+  tokens = _tokens(4, (3, length)).at[1, length - 5:].set(0)
+
+  def loss(cfg, p):
+    logits, _ = M.Llama(cfg).apply({"params": p}, tokens)
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 5]), logits
+
+  grad = lambda cfg: jax.jit(jax.value_and_grad(functools.partial(loss, cfg), has_aux=True))
+  (l0, logits0), g0 = grad(TINY)(params)
+  cfg = dataclasses.replace(TINY, attention="blocked", remat=scan, scan_layers=scan)
+  (l1, logits1), g1 = grad(cfg)(M.stack_layers(params) if scan else params)
+  assert -(-length // block) >= 3  # several blocks, the last one partial
+  np.testing.assert_allclose(logits1, logits0, atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  want = M.stack_layers(g0) if scan else g0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), g1, want)
+  # Causal across blocks: changing token 1 leaves position 0 as it was and moves position 1.
+  bad = jax.jit(lambda p: M.Llama(cfg).apply({"params": p}, tokens.at[:, 1].add(1))[0])(
+      M.stack_layers(params) if scan else params)
+  assert float(jnp.max(jnp.abs(bad[:, 0] - logits1[:, 0]))) == 0.0
+  assert float(jnp.max(jnp.abs(bad[:, 1] - logits1[:, 1]))) > 1e-3
+
+
 def test_dot_product_attention_in_bfloat16_tracks_float32():
   params = _params(TINY)
   tokens = _tokens(3, (2, 17))
