@@ -38,6 +38,8 @@ def get_config():
   c.rl.rollouts_per_round = 128  # larger rounds than 64 gave visibly less noisy updates on this task
   c.rl.minibatch_size = 64
   c.rl.updates_per_round = 2  # one pass over each round's rollouts, as in the paper's 4 x 256 = 1024
+  c.rl.num_microbatches = -1  # one episode per data-parallel shard per gradient chunk (valid on any number of
+  # devices): on one CPU small chunks stay in cache, update 7.2 -> 4.7 s (64 x 448; BUILD_NOTES "A faster main job")
   c.rl.score_batch_size = 32  # by length, 4 passes of 32: scoring 6.1 -> 4.4 s per round (BUILD_NOTES runs A, B)
   c.rl.kl_coef = 1.0  # not the paper's 0.05: with 0.05 the tiny policy collapsed onto one separator within
   # ~20 updates (the geometric-mean KL of one token among ~21 is tiny), which ends exploration
@@ -58,6 +60,7 @@ def get_config():
   c.warmstart.steps = 150  # the loss is at its floor (the separator's entropy) by ~150 steps
   c.warmstart.lr = 3e-4
   c.warmstart.batch_size = 32
+  c.warmstart.num_microbatches = 8  # 4 dialogues per gradient chunk: 2.6 -> 1.7 s a step on the CPU (as above)
   c.warmstart.dialogue_turns = 3  # multi-turn format (see rlef_jax/warmstart.py)
   c.warmstart.feedback_fraction = 0.5  # half the answers after feedback follow it: a weak starting skill
   # to make reliable, like the paper's Instruct models (feedback-blind, 0.0, RL found the skill late or

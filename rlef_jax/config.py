@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"  # stored params / optimizer dtype: "float32" | "bfloat16"
   m.remat = True  # rematerialise each decoder layer in the backward pass (saves activation memory)
   m.scan_layers = True  # nn.scan over layers: params stacked on a leading "layers" axis, fast compile
-  m.attention = "einsum"  # full-sequence attention (update, scoring): "einsum" (explicit float32 scores) | "dot_product" (jax.nn.dot_product_attention: cuDNN's fused kernel on a GPU where it applies, else XLA) | "xla" | "cudnn" (forced)
+  m.attention = "einsum"  # full-sequence attention (update, scoring): "einsum" (explicit float32 scores) | "blocked" (the same by 64-token query blocks, skipping the scores above the diagonal: ~2x faster on a CPU) | "dot_product" (jax.nn.dot_product_attention: cuDNN's fused kernel on a GPU where it applies, else XLA) | "xla" | "cudnn" (forced)
   m.init_checkpoint = ""  # "" = random init; else an HF model dir or an orbax params dir
 
   c.tokenizer = ml_collections.ConfigDict()
@@ -191,6 +191,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmstart.steps = 0  # warm-start optimizer steps
   c.warmstart.lr = 3e-4  # warm-start AdamW learning rate
   c.warmstart.batch_size = 32  # warm-start sequences per step
+  c.warmstart.num_microbatches = 1  # row chunks a step's gradient is summed over (divides batch_size; on a CPU small chunks run faster)
   c.warmstart.dialogue_turns = 1  # 1: statement -> solution; n > 1 (synthetic only): feedback-blind dialogues of up to n turns (rlef_jax/warmstart.py)
   c.warmstart.feedback_fraction = 0.0  # share of feedback-following final answers in those dialogues (0 = feedback-blind; rlef_jax/warmstart.py)
   c.warmstart.num_dialogues = 2048  # feedback-blind dialogues built once when dialogue_turns > 1
@@ -262,6 +263,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.num_rollouts_per_problem": _ge(1), "eval.max_turns": _ge(1), "eval.split": _NONEMPTY,
     "eval.max_problems": _ge(0), "eval.batch_size": _ge(0),
     "warmstart.steps": _ge(0), "warmstart.lr": _gt(0), "warmstart.batch_size": _ge(1),
+    "warmstart.num_microbatches": _ge(1),
     "warmstart.dialogue_turns": _ge(1), "warmstart.num_dialogues": _ge(1),
     "warmstart.feedback_fraction": _closed(0.0, 1.0),
 }
@@ -405,6 +407,9 @@ def validate(config, num_devices: int | None = None) -> None:
                              "(config.eval.single_turn=True)")
   if config.warmstart.enabled and config.warmstart.steps < 1:
     raise errors.ConfigError("config.warmstart.steps must be >= 1 when config.warmstart.enabled is True")
+  if config.warmstart.batch_size % config.warmstart.num_microbatches:
+    raise errors.ConfigError(f"config.warmstart.num_microbatches={config.warmstart.num_microbatches} must divide "
+                             f"config.warmstart.batch_size={config.warmstart.batch_size}")
   if config.warmstart.feedback_fraction > 0 and config.warmstart.dialogue_turns < 2:
     raise errors.ConfigError("config.warmstart.feedback_fraction > 0 needs config.warmstart.dialogue_turns > 1 "
                              "(single-turn warm-start examples have no feedback to follow)")

@@ -127,6 +127,9 @@ def make_round_batch(run: Any, state: ppo.TrainState, ref_params: Any,
       "episode/valid_code": float(np.sum(batch["valid_code_BxT"] * turn_mask) / turns),
       "episode/truncated": float(np.mean(batch["truncated_B"])),
       "episode/response_tokens": float(np.sum(mask) / turns),
+      # The updates' padded length and the share of their token positions that are padding.
+      "batch/padded_length": float(batch["tokens_BxL"].shape[1]),
+      "batch/padding_fraction": float(1 - np.sum(batch["length_B"]) / batch["tokens_BxL"].size),
       "kl/turn_mean": float(np.sum(targets["kl_BxT"] * turn_mask) / turns),
       "value/mean": float(np.sum(batch["old_values_BxT"] * turn_mask) / turns),
       # KL(behaviour || current policy), estimated on the sampled tokens: ~0 when the round was

@@ -114,20 +114,38 @@ def make_batch(examples: Sequence[tuple[list[int], int]], pad_id: int,
   return {"tokens_BxL": tokens, "loss_mask_BxL": mask}
 
 
-def make_sft_step(model: Any, optimizer: optax.GradientTransformation) -> Callable:
+def make_sft_step(model: Any, optimizer: optax.GradientTransformation,
+                  num_microbatches: int = 1) -> Callable:
   """Jitted `(params, opt_state, batch) -> (params, opt_state, loss)`: token-mean cross-entropy of the
-  response tokens given everything before them."""
+  response tokens given everything before them. With `num_microbatches` > 1 the batch's gradient is
+  summed over that many row chunks (the mean's denominator is the whole batch's token count, so the
+  result is the one-pass gradient up to float rounding): on a CPU, small chunks stay in cache and run
+  ~1.7x faster (BUILD_NOTES "A faster main job")."""
 
-  def loss_fn(params, batch):
+  def nll_sum(params, batch):
     logits_BxLxV, _ = model.apply({"params": params}, batch["tokens_BxL"])
     logp_BxLxV = jax.nn.log_softmax(logits_BxLxV[:, :-1], axis=-1)
     target_logp_BxL = jnp.take_along_axis(logp_BxLxV, batch["tokens_BxL"][:, 1:, None], -1)[..., 0]
-    mask_BxL = batch["loss_mask_BxL"][:, 1:]
-    return -jnp.sum(target_logp_BxL * mask_BxL) / jnp.maximum(jnp.sum(mask_BxL), 1.0)
+    return -jnp.sum(target_logp_BxL * batch["loss_mask_BxL"][:, 1:])
+
+  def loss_fn(params, batch):
+    return nll_sum(params, batch) / jnp.maximum(jnp.sum(batch["loss_mask_BxL"][:, 1:]), 1.0)
+
+  def loss_and_grads(params, batch):
+    if num_microbatches == 1:
+      return jax.value_and_grad(loss_fn)(params, batch)
+    count = jnp.maximum(jnp.sum(batch["loss_mask_BxL"][:, 1:]), 1.0)
+    M = num_microbatches
+    micro = jax.tree.map(lambda x: x.reshape((M, x.shape[0] // M) + x.shape[1:]), batch)
+    grad_fn = jax.value_and_grad(lambda p, mb: nll_sum(p, mb) / count)
+    zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros((), jnp.float32), params))
+    out, _ = jax.lax.scan(lambda acc, mb: (jax.tree.map(jnp.add, acc, grad_fn(params, mb)), None),
+                          zeros, micro)
+    return out
 
   @jax.jit
   def step(params, opt_state, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    loss, grads = loss_and_grads(params, batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -137,7 +155,7 @@ def make_sft_step(model: Any, optimizer: optax.GradientTransformation) -> Callab
 def fine_tune(params: Any, model: Any, problems: Iterator[Any], tokenizer: Any, *, env_config: Any,
               steps: int, lr: float, batch_size: int, context_length: int, seed: int,
               dialogue_turns: int = 1, pool: Any = None, num_dialogues: int = 2048,
-              feedback_fraction: float = 0.0,
+              feedback_fraction: float = 0.0, num_microbatches: int = 1,
               log: Callable[[int, dict[str, float]], None] | None = None) -> Any:
   """`steps` AdamW steps (linear warm-up over the first 10%, then cosine decay). `problems` yields
   (Problem, record) pairs. With `dialogue_turns == 1` each example is one problem with a random
@@ -146,7 +164,7 @@ def fine_tune(params: Any, model: Any, problems: Iterator[Any], tokenizer: Any, 
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 10), max(steps, 2))
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
   opt_state = optimizer.init(params)
-  step_fn = make_sft_step(model, optimizer)
+  step_fn = make_sft_step(model, optimizer, num_microbatches)
   rng = np.random.default_rng(seed)
   start = time.perf_counter()
   dialogues = None
@@ -207,6 +225,7 @@ def reference_params(run: experiment.Run, rng: jax.Array) -> Any:
         context_length=c.sampling.max_context_length, seed=c.train.seed,
         dialogue_turns=c.warmstart.dialogue_turns, pool=run.pool,
         num_dialogues=c.warmstart.num_dialogues, feedback_fraction=c.warmstart.feedback_fraction,
+        num_microbatches=c.warmstart.num_microbatches,
         log=lambda step, m: print(f"[warmstart] step {step}: " + ", ".join(
             f"{k.split('/')[-1]} {v:.4g}" for k, v in m.items()), flush=True))
   checkpoint_lib.save_params(ref_dir, params, metadata={"what": "initial policy (KL reference)"})

@@ -34,7 +34,8 @@ OVERRIDES = {
     "train.num_updates": 2, "train.eval_every": 100, "train.checkpoint_every": 100,
     "train.log_every": 1,
     "eval.max_problems": 2, "eval.num_rollouts_per_problem": 1, "eval.single_turn": True,
-    "warmstart.steps": 2, "warmstart.batch_size": 4, "warmstart.num_dialogues": 8,
+    "warmstart.steps": 2, "warmstart.batch_size": 4, "warmstart.num_microbatches": 2,
+    "warmstart.num_dialogues": 8,
     "execution.workers": 2,
 }
 
@@ -136,6 +137,7 @@ def test_metrics_hold_what_the_issue_asks_for(uninterrupted):
     assert abs(line["logp/behaviour_kl"]) < 1e-4 and line["rollout/policy_lag_updates"] == 0
     assert 1 <= line["episode/turns"] <= 3
     assert 0 < line["episode/response_tokens"] <= OVERRIDES["sampling.max_new_tokens"]
+    assert line["batch/padded_length"] % 64 == 0 and 0 <= line["batch/padding_fraction"] < 1
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   for name in ("step_0", "step_2_final"):
     summary = json.loads((workdir / "eval" / f"{name}.json").read_text())

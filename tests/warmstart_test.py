@@ -133,6 +133,34 @@ def test_sft_loss_is_the_mean_response_cross_entropy(tokenizer, pairs, model, pa
   assert float(loss) == pytest.approx(np.mean(nll), rel=1e-5)
 
 
+def test_microbatched_sft_step_is_the_one_pass_step(tokenizer, pairs, model, params):
+  """`warmstart.num_microbatches`: the gradient summed over row chunks, normalised by the whole
+  batch's token count, is the one-pass gradient (rows of different lengths, so the chunks' token
+  counts differ and a per-chunk mean would not match); SGD makes the update the gradient itself."""
+  env_config = env_lib.default_env_config()
+  examples = [warmstart.sft_example(p, solution, tokenizer, env_config)
+              for p, r in pairs for solution in r["solutions"]]
+  examples = sorted(examples, key=lambda e: len(e[0]) - e[1])
+  examples = examples[:2] + examples[-2:]  # chunks: the 2 shortest responses, the 2 longest
+  counts = [sum(len(ids) - start for ids, start in examples[i:i + 2]) for i in (0, 2)]
+  assert counts[0] < counts[1], counts
+  batch = warmstart.make_batch(examples, tokenizer.pad_id, 256)
+  opt = optax.sgd(1.0)
+  one = warmstart.make_sft_step(model, opt)(params, opt.init(params), batch)
+  two = warmstart.make_sft_step(model, opt, num_microbatches=2)(params, opt.init(params), batch)
+  assert float(two[2]) == pytest.approx(float(one[2]), rel=1e-6)
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), one[0], params)
+  assert max(jax.tree.leaves(moved)) > 1e-4
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), two[0], one[0])
+  # Chunk-wise means averaged would be another gradient: the test tells them apart.
+  halves = [warmstart.make_sft_step(model, opt)(params, opt.init(params),
+                                                 jax.tree.map(lambda x: x[i:i + 2], batch))[0]
+            for i in (0, 2)]
+  mean_of_means = jax.tree.map(lambda a, b: (a + b) / 2, *halves)
+  gap = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), mean_of_means, one[0])
+  assert max(jax.tree.leaves(gap)) > 1e-5
+
+
 def test_a_few_steps_lower_the_loss(tokenizer, pairs, model, params):
   logged = {}
   out = warmstart.fine_tune(params, model, itertools.cycle(pairs), tokenizer,
