@@ -7,7 +7,9 @@
 Random-initialised models of the project's presets (rlef_jax.config.MODEL_PRESETS, or --layers /
 --hidden ... overrides for a custom size). For each allocated cache length (`--cache`, 0 = just what
 the prompt and the new tokens need) it times `sampler.generate` on a right-padded prompt chunk: once
-with `--new` tokens and once with 1, after a warm-up call of each (compilation excluded), and reports
+with `--new` tokens and once with 1, after a warm-up call of each (compilation excluded), every case
+taking turns within each of `--reps` rounds (the median is reported: a drift of the machine's speed
+hits all cases alike), and reports
 
 * tok/s: B * new / time of the whole call (prefill included),
 * ms/step: (t_new - t_1) / (new - 1), the decode step alone,
@@ -90,10 +92,10 @@ def _prepare(params, cfg):
   return params, model_lib.Llama(cfg)
 
 
-def time_generate(params, cfg, args, cache_len: int, new: int, history: int = 0) -> float:
-  """Best time of `generate` on a prompt chunk of `args.prompt` tokens, `new` new tokens. With
-  `history`, the cache already holds that many tokens (earlier turns, fed untimed with
-  `sampler.feed`): the call is a later turn's continuation."""
+def generate_timer(params, cfg, args, cache_len: int, new: int, history: int = 0):
+  """A function timing one `generate` call on a prompt chunk of `args.prompt` tokens and `new` new
+  tokens (compiled by a first, untimed call here). With `history`, the cache already holds that many
+  tokens (earlier turns, fed untimed with `sampler.feed`): the call is a later turn's continuation."""
   B, P = args.batch, args.prompt
   sparams, smodel = _prepare(params, cfg)
   rng = np.random.default_rng(0)
@@ -115,7 +117,17 @@ def time_generate(params, cfg, args, cache_len: int, new: int, history: int = 0)
     return time.perf_counter() - t
 
   once()  # compile
-  return min(once() for _ in range(args.reps))
+  return once
+
+
+def interleaved_medians(timers: dict, reps: int) -> dict:
+  """Median time of each timer over `reps` rounds, the timers taking turns within each round, so that
+  a drift of the machine's speed (these machines are noisy) hits every case alike."""
+  times = {key: [] for key in timers}
+  for _ in range(reps):
+    for key, once in timers.items():
+      times[key].append(once())
+  return {key: float(np.median(t)) for key, t in times.items()}
 
 
 def transformers_times(cfg, args) -> tuple[float, float] | None:
@@ -187,10 +199,19 @@ def main(argv=None) -> None:
   print(f"model {args.preset} {n_params / 1e6:.1f}M params, {cfg.num_layers} layers, dtype {cfg.dtype}, "
         f"params {cfg.param_dtype}, scan_layers {cfg.scan_layers}; batch {args.batch}, prompt "
         f"{args.prompt}, new {args.new}, temperature {args.temperature}")
-  for cache_len in args.cache:
-    S = cache_len or args.prompt + args.new + 1
-    t_new = time_generate(params, cfg, args, S, args.new)
-    t_one = time_generate(params, cfg, args, S, 1)
+  caches = [c or args.prompt + args.new + 1 for c in args.cache]
+  history = [int(h) for h in args.history.split(",") if h]
+  capacity = max(history, default=0) + args.prompt + args.new + 1
+  timers = {}
+  for S in caches:
+    timers[("cache", S, args.new)] = generate_timer(params, cfg, args, S, args.new)
+    timers[("cache", S, 1)] = generate_timer(params, cfg, args, S, 1)
+  for h in history:
+    timers[("history", h, args.new)] = generate_timer(params, cfg, args, capacity, args.new, history=h)
+    timers[("history", h, 1)] = generate_timer(params, cfg, args, capacity, 1, history=h)
+  t = interleaved_medians(timers, args.reps)
+  for S in caches:
+    t_new, t_one = t[("cache", S, args.new)], t[("cache", S, 1)]
     step = (t_new - t_one) / (args.new - 1)
     filled = args.prompt + args.new / 2  # mean filled slots over the decode
     kv_bytes = 2 * cfg.num_layers * args.batch * filled * cfg.num_kv_heads * cfg.head_dim * itemsize
@@ -202,19 +223,15 @@ def main(argv=None) -> None:
           f"(roofline {row['roofline_ms']:.2f} ms: {row['roofline']:.0%}), MFU {row['mfu']:.0%}")
     if args.json:
       print(json.dumps(row))
-  history = [int(h) for h in args.history.split(",") if h]
-  if history:
-    capacity = max(history) + args.prompt + args.new + 1
-    base = None
-    for h in history:
-      t_new = time_generate(params, cfg, args, capacity, args.new, history=h)
-      t_one = time_generate(params, cfg, args, capacity, 1, history=h)
-      base = base or t_new
-      print(f"continuation after {h:6d} cached tokens (cache {capacity}): turn {t_new * 1e3:8.1f} ms "
-            f"({t_new / base:.2f}x the first), {(t_new - t_one) / (args.new - 1) * 1e3:8.2f} ms/step")
-      if args.json:
-        print(json.dumps({"history": h, "cache": capacity, "turn_ms": t_new * 1e3,
-                          "ms_step": (t_new - t_one) / (args.new - 1) * 1e3}))
+  base = None
+  for h in history:
+    t_new, t_one = t[("history", h, args.new)], t[("history", h, 1)]
+    base = base or t_new
+    print(f"continuation after {h:6d} cached tokens (cache {capacity}): turn {t_new * 1e3:8.1f} ms "
+          f"({t_new / base:.2f}x the first), {(t_new - t_one) / (args.new - 1) * 1e3:8.2f} ms/step")
+    if args.json:
+      print(json.dumps({"history": h, "cache": capacity, "turn_ms": t_new * 1e3,
+                        "ms_step": (t_new - t_one) / (args.new - 1) * 1e3}))
   if args.transformers:
     times = transformers_times(cfg, args)
     if times is None:
