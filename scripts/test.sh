@@ -3,7 +3,7 @@
 #   scripts/test.sh              the ablation notebooks in QUICK mode (~5 min on 2 cores), then the
 #                                default suite (everything not marked slow or notebooks; < 15 min)
 #   scripts/test.sh --slow       only the slow tests (e.g. all 164 HumanEval+ canonical solutions)
-#   scripts/test.sh --notebooks  only the notebooks (tests/notebooks_test.py -m notebooks)
+#   scripts/test.sh --notebooks  only the notebooks and the claims study in QUICK mode (-m notebooks)
 #   scripts/test.sh --all        everything, in one pytest run
 # Extra arguments go to pytest (and skip the notebooks step), e.g. scripts/test.sh tests/model_test.py -k decode
 # RLEF_TEST_NOTEBOOKS=0 skips the notebooks step of the plain command.
@@ -29,7 +29,8 @@ parallel=(-n "$workers" --maxprocesses=4 --dist loadfile)
 [[ "$workers" == 1 ]] && parallel=()
 case "${1:-}" in
   --slow) marker=(-m slow); parallel=(); shift ;;  # big models: one at a time (memory)
-  --notebooks) marker=(-m notebooks); parallel=(); shift; set -- tests/notebooks_test.py "$@" ;;
+  --notebooks) marker=(-m notebooks); parallel=(); shift
+               set -- tests/notebooks_test.py tests/claims_test.py "$@" ;;
   --all) marker=(-m "slow or not slow"); parallel=(); shift ;;
   "") if [[ "${RLEF_TEST_NOTEBOOKS:-1}" != "0" ]]; then notebooks=1; fi ;;
   *) parallel=() ;;  # a chosen file or -k selection: one process
@@ -37,7 +38,8 @@ esac
 if ((notebooks)); then
   # A step of its own, so that the default suite stays under 15 minutes (experiments/notebooks/README.md).
   nb_rc=0
-  .venv/bin/python -m pytest -m notebooks -q -ra --durations=4 tests/notebooks_test.py || nb_rc=$?
+  .venv/bin/python -m pytest -m notebooks -q -ra --durations=5 tests/notebooks_test.py \
+    tests/claims_test.py || nb_rc=$?
   rc=0
   .venv/bin/python -m pytest "${marker[@]}" "${parallel[@]}" -q -ra || rc=$?
   if ((nb_rc)); then

@@ -68,9 +68,13 @@ def test_quick_mode_is_overridable_by_the_environment(monkeypatch):
   config_lib.validate(ablations.make_config(ablations.QUICK_OVERRIDES))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("notebook_runs")
+  """Shared with tests/claims_test.py's QUICK study (the same folder of pytest's base temporary
+  directory), which then loads the runs the notebooks trained."""
+  path = tmp_path_factory.getbasetemp() / "study_runs"
+  path.mkdir(exist_ok=True)
+  return path
 
 
 def _kernel_env(runs_dir):

@@ -1,0 +1,321 @@
+"""The paper's qualitative claims, each tested by its ablation on the tiny synthetic setting over seeds.
+
+  python experiments/claims.py --out runs/claims            # the study: every arm x seed (hours on 2 CPUs)
+  python experiments/claims.py --out runs/claims --quick    # a smoke test of the same (numbers mean nothing)
+  python experiments/claims.py --out runs/claims --seeds=0,1,2,3 --kl=0.05,0.2,1.0
+
+One command trains every arm for every seed, evaluates what each claim needs, writes the report of
+`python -m rlef_jax.report` (tables and plots) over all of it, and then `claims.md` / `claims.json`: per
+claim the figures per seed with their 95% intervals, the mean over seeds and a verdict computed from
+those figures ("confirmed", "reversed" or "not confirmed"; rules in `verdict`).
+
+It is resumable: runs and evaluations are cached by their resolved config under `--out` (finished ones
+are loaded, an interrupted training resumes from its last checkpoint), so rerunning the command after a
+stop or a crash redoes only what is missing. It runs the project's own commands in subprocesses
+(`experiments/notebooks/ablations.py`, shared with the ablation notebooks), on whatever devices JAX
+finds: on a GPU host the same command runs the study there.
+
+| claim (paper) | arms and evaluations |
+|---|---|
+| 1 RLEF raises MT 1@3 (Tables 1-2) | RLEF: before vs after RL |
+| 2 after RLEF, MT 1@3 > ST 1@3 (Tables 2, 4) | RLEF after RL: both from the final evaluation |
+| 3 the gain comes from using the feedback (Fig. 3, 4a) | RLEF before/after: true vs random feedback, turn limits 1, 2, 3, 5 |
+| 4 RL without feedback gains less (Table 6b) | arm env.feedback = "none" vs RLEF: MT 1@3 gain |
+| 5 single-turn RL: ST up, MT less than RLEF (Tables 4, 6b) | arm env.max_turns = 1 vs RLEF |
+| 6 more turns help the RLEF model more (Fig. 4b) | RLEF before/after: MT 1@T gain from T = 1 to 5 |
+| 7 turn-level value beats token-level (Table 6b) | not run: the token-level value baseline is not implemented |
+| β the paper's KL coefficient 0.05 | arms rl.kl_coef in --kl: MT 1@3 after RL and the KL reached |
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+from typing import Any, Mapping, Sequence
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "notebooks"))
+import ablations  # noqa: E402  (experiments/notebooks/ablations.py; puts the checkout on sys.path)
+from rlef_jax.report import BEFORE_CHECKPOINTS  # noqa: E402
+
+RLEF = "RLEF"
+BLIND = "RL without feedback"
+SINGLE = "single-turn RL"
+TURN_LIMITS = (1, 2, 3, 5)
+QUICK_TURN_LIMITS = (1, 3)
+
+
+def kl_label(beta: float) -> str:
+  return f"RLEF kl_coef={beta:g}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the report's records
+
+
+def _value(cell: Mapping[str, Any] | None) -> float | None:
+  if not cell or cell.get("mean") is None or (isinstance(cell["mean"], float) and math.isnan(cell["mean"])):
+    return None
+  return float(cell["mean"])
+
+
+def pick(rows: Sequence[Mapping[str, Any]], model: str, metric: str, *, before: bool,
+         feedback: str = "true", max_turns: int = 3) -> Mapping[str, Any] | None:
+  """The metric cell (`{"mean", "ci95"}`) of `model`'s record in that setting: before RL (step 0)
+  or after (the largest step); None when the study has no such record."""
+  is_before = lambda r: r["checkpoint"] in BEFORE_CHECKPOINTS or r["step"] == 0
+  matches = [r for r in rows if r["model"] == model and (r["feedback"] or "true") == feedback
+             and r["max_turns"] == max_turns and _value(r.get(metric)) is not None
+             and (is_before(r) if before else not is_before(r) and (r["step"] or 0) > 0)]
+  if not matches:
+    return None
+  return max(matches, key=lambda r: r["step"] or 0)[metric]
+
+
+def verdict(differences: Sequence[float | None], expected_sign: int = 1) -> str:
+  """"confirmed" when the difference has the claimed sign on every seed, "reversed" when it has the
+  opposite sign on every seed, else "not confirmed" (mixed, zero, or missing figures)."""
+  values = [d for d in differences if d is not None]
+  if not values or len(values) < len(differences):
+    return "not confirmed (missing figures)"
+  if all(expected_sign * d > 0 for d in values):
+    return "confirmed"
+  if all(expected_sign * d < 0 for d in values):
+    return "reversed"
+  return "not confirmed"
+
+
+def _fmt(cell: Mapping[str, Any] | None) -> str:
+  v = _value(cell)
+  if v is None:
+    return "—"
+  text = f"{100 * v:.1f}"
+  if cell.get("ci95"):
+    text += f" [{100 * cell['ci95'][0]:.1f}, {100 * cell['ci95'][1]:.1f}]"
+  return text
+
+
+def _diff(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> float | None:
+  va, vb = _value(a), _value(b)
+  return None if va is None or vb is None else va - vb
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+  values = [v for v in values if v is not None]
+  return sum(values) / len(values) if values else None
+
+
+def _pp(x: float | None) -> str:
+  return "—" if x is None else f"{100 * x:+.1f}"
+
+
+class Claim:
+  """One claim: a table of per-seed figures (rows), the per-seed differences and the verdict."""
+
+  def __init__(self, number: str, text: str):
+    self.number, self.text = number, text
+    self.header: list[str] = []
+    self.rows: list[list[str]] = []
+    self.differences: list[float | None] = []
+    self.verdict = "not run"
+    self.note = ""
+
+  def as_json(self) -> dict[str, Any]:
+    return {"claim": self.number, "text": self.text, "verdict": self.verdict,
+            "differences": self.differences, "mean_difference": _mean(self.differences),
+            "header": self.header, "rows": self.rows, "note": self.note}
+
+  def markdown(self) -> str:
+    out = [f"### Claim {self.number}: {self.text}", "", f"**Verdict: {self.verdict}**"
+           + (f" (mean difference over seeds {_pp(_mean(self.differences))} points)"
+              if self.differences else ""), ""]
+    if self.rows:
+      out += ["| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
+      out += ["| " + " | ".join(row) + " |" for row in self.rows]
+      out.append("")
+    if self.note:
+      out += [self.note, ""]
+    return "\n".join(out)
+
+
+def assess(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int], kl_coefs: Sequence[float],
+           turn_limits: Sequence[int] = TURN_LIMITS) -> list[Claim]:
+  """Every claim's figures and verdict from the report's summary rows (`ablations.Report.summary_rows`:
+  model "<arm> s<seed>", step, feedback, max_turns and the metrics mt_1atT, st_pass1, st_1at3)."""
+  name = lambda arm, seed: f"{arm} s{seed}"
+  claims = []
+  mt = "mt_1atT"
+
+  c = Claim("1", "RLEF raises multi-turn 1@3 over the starting policy (Tables 1-2)")
+  c.header = ["seed", "MT 1@3 before RL", "MT 1@3 after RLEF", "difference (points)"]
+  for s in seeds:
+    b, a = pick(rows, name(RLEF, s), mt, before=True), pick(rows, name(RLEF, s), mt, before=False)
+    c.differences.append(_diff(a, b))
+    c.rows.append([str(s), _fmt(b), _fmt(a), _pp(c.differences[-1])])
+  c.verdict = verdict(c.differences)
+  claims.append(c)
+
+  c = Claim("2", "after RLEF, multi-turn beats independent sampling at equal budget: MT 1@3 > ST 1@3")
+  c.header = ["seed", "MT 1@3 after RLEF", "ST 1@3 after RLEF", "difference (points)"]
+  for s in seeds:
+    m = pick(rows, name(RLEF, s), mt, before=False)
+    st = pick(rows, name(RLEF, s), "st_1at3", before=False)
+    c.differences.append(_diff(m, st))
+    c.rows.append([str(s), _fmt(m), _fmt(st), _pp(c.differences[-1])])
+  c.verdict = verdict(c.differences)
+  claims.append(c)
+
+  c = Claim("3", "the gain comes from using the feedback: true > random feedback after RLEF, the gap "
+            "growing with the turn limit and larger than before RL")
+  c.header = ["seed", "turn limit", "before: true", "before: random", "after: true", "after: random",
+              "gap after - gap before (points)"]
+  gaps_after = {t: [] for t in turn_limits}
+  for s in seeds:
+    for t in turn_limits:
+      cells = [pick(rows, name(RLEF, s), mt, before=be, feedback=f, max_turns=t)
+               for be in (True, False) for f in ("true", "random")]
+      gap_before, gap_after = _diff(cells[0], cells[1]), _diff(cells[2], cells[3])
+      gaps_after[t].append(gap_after)
+      growth = None if gap_before is None or gap_after is None else gap_after - gap_before
+      if t == 3:
+        c.differences.append(_diff(cells[2], cells[3]))  # the claim's core: true > random after RL
+      c.rows.append([str(s), str(t), *map(_fmt, cells), _pp(growth)])
+  c.verdict = verdict(c.differences)
+  mean_gaps = [(t, _mean(gaps_after[t])) for t in turn_limits]
+  c.note = ("Verdict on the true - random gap at turn limit 3 after RLEF. Mean gap after RLEF by turn "
+            "limit: " + ", ".join(f"{t}: {_pp(g)}" for t, g in mean_gaps) + " (it should grow with the "
+            "limit; at limit 1 no feedback is ever shown, so it is 0 up to sampling noise).")
+  claims.append(c)
+
+  c = Claim("4", "RL with the feedback withheld in training gains less MT 1@3 than RLEF (Table 6b)")
+  c.header = ["seed", "RLEF gain (points)", "no-feedback RL gain (points)", "difference (points)"]
+  for s in seeds:
+    gains = [_diff(pick(rows, name(arm, s), mt, before=False), pick(rows, name(arm, s), mt, before=True))
+             for arm in (RLEF, BLIND)]
+    c.differences.append(None if None in gains else gains[0] - gains[1])
+    c.rows.append([str(s), _pp(gains[0]), _pp(gains[1]), _pp(c.differences[-1])])
+  c.verdict = verdict(c.differences)
+  claims.append(c)
+
+  c = Claim("5", "single-turn RL improves single-turn scores, but multi-turn less than RLEF (Tables 4, 6b)")
+  c.header = ["seed", "ST pass@1 gain, single-turn RL", "MT 1@3 gain, single-turn RL",
+              "MT 1@3 gain, RLEF", "RLEF - single-turn RL (MT points)"]
+  st_gains = []
+  for s in seeds:
+    # Training's evaluations (eval.max_turns = 3, whatever env.max_turns) hold MT 1@3 and ST pass@1.
+    st_gain = _diff(pick(rows, name(SINGLE, s), "st_pass1", before=False),
+                    pick(rows, name(SINGLE, s), "st_pass1", before=True))
+    mt_gain = _diff(pick(rows, name(SINGLE, s), mt, before=False),
+                    pick(rows, name(SINGLE, s), mt, before=True))
+    rlef_gain = _diff(pick(rows, name(RLEF, s), mt, before=False), pick(rows, name(RLEF, s), mt, before=True))
+    st_gains.append(st_gain)
+    c.differences.append(None if rlef_gain is None or mt_gain is None else rlef_gain - mt_gain)
+    c.rows.append([str(s), _pp(st_gain), _pp(mt_gain), _pp(rlef_gain), _pp(c.differences[-1])])
+  c.verdict = verdict(c.differences)
+  c.note = (f"Verdict on RLEF's MT gain minus single-turn RL's. Single-turn RL's own ST pass@1 gain: "
+            f"{verdict(st_gains)} (mean {_pp(_mean(st_gains))} points).")
+  claims.append(c)
+
+  lo, hi = min(turn_limits), max(turn_limits)
+  c = Claim("6", f"more turns help the RLEF model more than the starting model: the MT 1@T gain from "
+            f"T = {lo} to {hi} is larger after RLEF (Fig. 4b)")
+  c.header = ["seed", f"before: 1@{lo} -> 1@{hi} (points)", f"after: 1@{lo} -> 1@{hi} (points)",
+              "difference (points)"]
+  for s in seeds:
+    gains = [_diff(pick(rows, name(RLEF, s), mt, before=be, max_turns=hi),
+                   pick(rows, name(RLEF, s), mt, before=be, max_turns=lo)) for be in (True, False)]
+    c.differences.append(None if None in gains else gains[1] - gains[0])
+    c.rows.append([str(s), _pp(gains[0]), _pp(gains[1]), _pp(c.differences[-1])])
+  c.verdict = verdict(c.differences)
+  claims.append(c)
+
+  c = Claim("7", "the turn-level value function beats a token-level one (Table 6b)")
+  c.verdict = "not run"
+  c.note = "The token-level value baseline is not implemented yet (issue #12): no arm to compare."
+  claims.append(c)
+
+  c = Claim("β", "the paper's KL coefficient: MT 1@3 after RL and the KL reached, per rl.kl_coef")
+  c.header = ["rl.kl_coef", *[f"MT 1@3 after RL, seed {s}" for s in seeds], "mean gain over before (points)"]
+  for beta in kl_coefs:
+    arm = kl_label(beta)
+    cells = [pick(rows, name(arm, s), mt, before=False) for s in seeds]
+    gains = [_diff(cell, pick(rows, name(arm, s), mt, before=True)) for cell, s in zip(cells, seeds)]
+    c.rows.append([f"{beta:g}", *map(_fmt, cells), _pp(_mean(gains))])
+  c.verdict = "a sweep (no verdict)"
+  claims.append(c)
+  return claims
+
+
+# --------------------------------------------------------------------------------------------------
+# The study
+
+
+def run_study(out: pathlib.Path, quick: bool, seeds: Sequence[int], kl_coefs: Sequence[float]) -> list[Claim]:
+  session = ablations.Session("claims", quick=quick, runs_root=out, seeds=seeds)
+  tiny_kl = ablations.load_tiny_config().rl.kl_coef
+  turn_limits = QUICK_TURN_LIMITS if quick else TURN_LIMITS
+  arms = {RLEF: {}, BLIND: {"env.feedback": "none"}, SINGLE: {"env.max_turns": 1}}
+  for beta in kl_coefs:
+    if beta != tiny_kl:
+      arms[kl_label(beta)] = {"rl.kl_coef": beta}
+  runs = {label: session.train_seeds(label, overrides) for label, overrides in arms.items()}
+  if tiny_kl in kl_coefs:  # the plain tiny run is the sweep's point at its own coefficient
+    runs[kl_label(tiny_kl)] = [ablations.Run(kl_label(tiny_kl), r.seed, r.workdir, r.overrides, r.wall_s)
+                               for r in runs[RLEF]]
+
+  entries = []
+  for label, arm_runs in runs.items():
+    for run in arm_runs:
+      records = list(run.training_records())
+      if label == RLEF:
+        for checkpoint in ("reference", None):
+          records += session.evaluate(run, feedback=("true", "random"), max_turns=turn_limits,
+                                      checkpoint=checkpoint)
+      entries.append((run, sorted(set(records))))
+  report = session.report(entries, name="claims", show=False)
+  claims = assess(report.summary_rows(), seeds, kl_coefs, turn_limits)
+  write_claims(out, claims, report, quick)
+  return claims
+
+
+def write_claims(out: pathlib.Path, claims: Sequence[Claim], report: Any, quick: bool) -> None:
+  head = ["# The paper's claims on the tiny synthetic setting", ""]
+  if quick:
+    head += ["**QUICK mode: a smoke test of the study; the numbers are not results.**", ""]
+  head += [f"Report (tables, plots): {report.out / 'report.md'}. Figures in %, brackets: bootstrap 95% "
+           "intervals over episodes (the evaluation's noise; the seeds show training's).", "",
+           "| claim | verdict |", "|---|---|"]
+  head += [f"| {c.number}: {c.text} | {c.verdict} |" for c in claims]
+  text = "\n".join(head + [""] + [c.markdown() for c in claims])
+  (out / "claims.md").write_text(text)
+  (out / "claims.json").write_text(json.dumps([c.as_json() for c in claims], indent=1))
+  print(text)
+  print(f"[claims] {out / 'claims.md'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--out", required=True, help="directory of the runs, the report and claims.md")
+  parser.add_argument("--quick", action="store_true", help="smoke test: tiny runs, numbers mean nothing")
+  parser.add_argument("--seeds", default="", help="comma-separated (default 0,1,2; --quick: 0)")
+  parser.add_argument("--kl", default="0.05,1.0", help="rl.kl_coef values of the β sweep")
+  args = parser.parse_args(argv)
+  try:
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else (
+        ablations.QUICK_SEEDS if args.quick else ablations.FULL_SEEDS)
+    kl_coefs = tuple(float(b) for b in args.kl.split(",") if b)
+  except ValueError as e:
+    print(f"claims.py: --seeds and --kl take comma-separated numbers ({e})", file=sys.stderr)
+    return 2
+  if any(b < 0 for b in kl_coefs):
+    print(f"claims.py: --kl values must be >= 0, got {args.kl}", file=sys.stderr)
+    return 2
+  out = pathlib.Path(args.out).resolve()
+  out.mkdir(parents=True, exist_ok=True)
+  run_study(out, args.quick, seeds, kl_coefs)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

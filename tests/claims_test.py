@@ -1,0 +1,86 @@
+"""experiments/claims.py: the verdicts computed from report rows (fast), and the whole study in QUICK
+mode (marked `notebooks`: it runs in that step, after the notebooks, loading the runs they trained)."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+import claims  # noqa: E402
+sys.path.remove(str(ROOT / "experiments"))
+
+
+def _row(model, step, mt, st1=None, feedback="true", max_turns=3, checkpoint=None, st_pass1=None):
+  cell = lambda v: None if v is None else {"mean": v, "ci95": [v - 0.05, v + 0.05]}
+  return {"model": model, "record": f"r{step}", "checkpoint": checkpoint, "step": step,
+          "feedback": feedback, "max_turns": max_turns, "mt_1atT": cell(mt), "st_1at3": cell(st1),
+          "st_pass1": cell(st_pass1)}
+
+
+def test_verdict_needs_the_sign_on_every_seed():
+  assert claims.verdict([0.1, 0.2, 0.01]) == "confirmed"
+  assert claims.verdict([-0.1, -0.2, -0.01]) == "reversed"
+  assert claims.verdict([0.1, -0.2, 0.3]) == "not confirmed"
+  assert claims.verdict([0.1, 0.0, 0.3]) == "not confirmed"
+  assert claims.verdict([0.1, None, 0.3]) == "not confirmed (missing figures)"
+  assert claims.verdict([-0.1, -0.1], expected_sign=-1) == "confirmed"
+
+
+def test_assess_reads_before_and_after_per_seed_and_decides_each_claim():
+  seeds = (0, 1)
+  rows = []
+  for s in seeds:
+    r, b, one = f"RLEF s{s}", f"RL without feedback s{s}", f"single-turn RL s{s}"
+    # RLEF: before (the reference checkpoint, step unknown) 0.40 -> after 0.70; ST 1@3 0.30 after.
+    rows += [_row(r, None, 0.40, checkpoint="reference"), _row(r, 100, 0.70, st1=0.30)]
+    # an earlier evaluation after RL must not be picked over the last one
+    rows += [_row(r, 50, 0.10)]
+    rows += [_row(r, 0, 0.35, feedback="random"), _row(r, 100, 0.45, feedback="random")]
+    for t, (bt, at) in {1: (0.2, 0.3), 5: (0.45, 0.8)}.items():
+      rows += [_row(r, 0, bt, max_turns=t), _row(r, 100, at, max_turns=t)]
+    # no-feedback RL gains 0.10 on seed 0 but 0.40 on seed 1 (more than RLEF's 0.30): not confirmed
+    rows += [_row(b, 0, 0.40), _row(b, 100, 0.50 if s == 0 else 0.80)]
+    rows += [_row(one, 0, 0.40, st_pass1=0.10), _row(one, 100, 0.45, st_pass1=0.20)]
+  out = {c.number: c for c in claims.assess(rows, seeds, kl_coefs=(1.0,), turn_limits=(1, 3, 5))}
+  assert out["1"].verdict == "confirmed"
+  assert out["1"].differences == pytest.approx([0.30, 0.30])
+  assert out["2"].verdict == "confirmed" and out["2"].differences == pytest.approx([0.40, 0.40])
+  assert out["3"].verdict == "confirmed" and out["3"].differences == pytest.approx([0.25, 0.25])
+  assert out["4"].verdict == "not confirmed"
+  assert out["4"].differences == pytest.approx([0.20, -0.10])
+  assert out["5"].verdict == "confirmed" and out["5"].differences == pytest.approx([0.25, 0.25])
+  assert "confirmed (mean +10.0 points)" in out["5"].note
+  # Fig. 4b: gain from limit 1 to 5 is 0.25 before and 0.50 after RL
+  assert out["6"].verdict == "confirmed" and out["6"].differences == pytest.approx([0.25, 0.25])
+  assert out["7"].verdict == "not run"
+  assert out["β"].rows == [["1", "—", "—", "—"]]  # no kl arm in these rows
+  assert "| 0 | 40.0 [35.0, 45.0] | 70.0 [65.0, 75.0] | +30.0 |" in out["1"].markdown()
+
+
+def test_bad_arguments_get_one_line():
+  proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "claims.py"), "--out", "/tmp/x",
+                         "--seeds", "a,b"], capture_output=True, text=True)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--seeds" in proc.stderr
+
+
+@pytest.mark.notebooks
+def test_the_study_runs_end_to_end_in_quick_mode(tmp_path_factory):
+  """In the notebooks step, after the notebooks: the same runs directory as theirs (notebooks_test's
+  `runs_dir`), so the arms they trained are loaded, not trained again."""
+  runs = tmp_path_factory.getbasetemp() / "study_runs"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "claims.py"), "--out", str(runs),
+                         "--quick", "--kl=0.05,1.0"], capture_output=True, text=True, env=env,
+                        timeout=1500)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  data = json.loads((runs / "claims.json").read_text())
+  assert [c["claim"] for c in data] == ["1", "2", "3", "4", "5", "6", "7", "β"]
+  # every claim that has arms got its figures for seed 0 (QUICK: numbers mean nothing, but exist)
+  for c in data[:6]:
+    assert c["differences"] and all(d is not None for d in c["differences"]), c
+  assert len(data[7]["rows"]) == 2
+  assert "QUICK mode" in (runs / "claims.md").read_text()
