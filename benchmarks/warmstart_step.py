@@ -25,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import fit  # noqa: E402  (benchmarks/fit.py: configs with overrides)
+from sampler import interleaved_medians  # noqa: E402  (benchmarks/sampler.py)
 from rlef_jax import config as config_lib  # noqa: E402
 from rlef_jax import model as model_lib  # noqa: E402
 from rlef_jax import warmstart  # noqa: E402
@@ -50,21 +51,24 @@ def main(argv=None) -> None:
   batch = {"tokens_BxL": rng.integers(0, cfg.vocab_size, size=(B, L)).astype(np.int32),
            "loss_mask_BxL": np.ones((B, L), np.float32)}
   opt = optax.adamw(1e-4)
-  steps = {m: warmstart.make_sft_step(model, opt, m) for m in map(int, args.microbatches.split(","))}
-  times = {m: [] for m in steps}
-  for m, step in steps.items():
-    jax.block_until_ready(step(params, opt.init(params), batch))  # compile
-  for _ in range(args.reps):
-    for m, step in steps.items():
+
+  def timer(m):
+    step = warmstart.make_sft_step(model, opt, m)
+
+    def once():
       state = opt.init(params)
       t = time.perf_counter()
       jax.block_until_ready(step(params, state, batch))
-      times[m].append(time.perf_counter() - t)
+      return time.perf_counter() - t
+    once()  # compile
+    return once
+
+  timers = {m: timer(m) for m in map(int, args.microbatches.split(","))}
+  medians = interleaved_medians(timers, args.reps)
   print(f"{args.config}: {cfg.num_params() / 1e6:.1f}M params, dtype {cfg.dtype}, attention {cfg.attention}; "
         f"warm-start step on {B} x {L} tokens, {jax.devices()[0].platform}")
-  for m, ts in times.items():
-    print(f"num_microbatches {m:3d}: {np.median(ts):7.3f} s per step (median of {len(ts)}; "
-          f"{', '.join(f'{t:.2f}' for t in ts)})")
+  for m, median in medians.items():
+    print(f"num_microbatches {m:3d}: {median:7.3f} s per step (median of {args.reps})")
 
 
 if __name__ == "__main__":

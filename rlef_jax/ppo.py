@@ -263,9 +263,16 @@ def _value_loss_fn(value_model, s: PPOSettings):
   return loss_fn
 
 
-def _accumulate(grad_fn, params, micro: dict[str, jax.Array], num_microbatches: int):
-  """Sums `((loss, aux), grads)` of `grad_fn` over the leading microbatch axis of `micro` (the loss
-  weights are already global, so the sum is the minibatch's value); also returns the stacked auxes."""
+def split_microbatches(batch: Any, num_microbatches: int) -> Any:
+  """Every leaf `[B, ...]` of `batch` as `[num_microbatches, B // num_microbatches, ...]`."""
+  M = num_microbatches
+  return jax.tree.map(lambda x: x.reshape((M, x.shape[0] // M) + x.shape[1:]), batch)
+
+
+def accumulate_grads(grad_fn, params, micro: Any, num_microbatches: int):
+  """Sums `((loss, aux), grads)` of `grad_fn` (a `jax.value_and_grad(..., has_aux=True)`) over the
+  leading microbatch axis of `micro` (`split_microbatches`); the loss weights must already be global,
+  so that the sum is the whole batch's value. Also returns the stacked auxes."""
   if num_microbatches == 1:
     out = grad_fn(params, jax.tree.map(lambda x: x[0], micro))
     return out, jax.tree.map(lambda a: a[None], out[0][1])
@@ -319,10 +326,10 @@ def make_update_fn(policy_model: nn.Module, value_model: nn.Module,
     derived["turn_weights_BxT"] = losses.turn_weights_BxT(batch["turn_mask_BxT"])
     derived["advantages_BxL"] = losses.broadcast_to_tokens_BxL(batch["advantages_BxT"],
                                                                batch["turn_id_BxL"])
-    micro = jax.tree.map(lambda x: x.reshape((M, B // M) + x.shape[1:]), derived)
+    micro = split_microbatches(derived, M)
 
-    (p_loss, p_metrics), p_grads = _accumulate(policy_grad, state.policy_params, micro, M)[0]
-    ((v_loss, (v_metrics, _)), v_grads), (_, values_MxBxT) = _accumulate(
+    (p_loss, p_metrics), p_grads = accumulate_grads(policy_grad, state.policy_params, micro, M)[0]
+    ((v_loss, (v_metrics, _)), v_grads), (_, values_MxBxT) = accumulate_grads(
         value_grad, state.value_params, micro, M)
     values_BxT = values_MxBxT.reshape(B, T)
 

@@ -46,6 +46,7 @@ from rlef_jax import distributed
 from rlef_jax import env as env_lib
 from rlef_jax import errors
 from rlef_jax import experiment
+from rlef_jax import ppo
 from rlef_jax import sharding
 from rlef_jax import storage
 
@@ -135,13 +136,10 @@ def make_sft_step(model: Any, optimizer: optax.GradientTransformation,
     if num_microbatches == 1:
       return jax.value_and_grad(loss_fn)(params, batch)
     count = jnp.maximum(jnp.sum(batch["loss_mask_BxL"][:, 1:]), 1.0)
-    M = num_microbatches
-    micro = jax.tree.map(lambda x: x.reshape((M, x.shape[0] // M) + x.shape[1:]), batch)
-    grad_fn = jax.value_and_grad(lambda p, mb: nll_sum(p, mb) / count)
-    zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros((), jnp.float32), params))
-    out, _ = jax.lax.scan(lambda acc, mb: (jax.tree.map(jnp.add, acc, grad_fn(params, mb)), None),
-                          zeros, micro)
-    return out
+    grad_fn = jax.value_and_grad(lambda p, mb: (nll_sum(p, mb) / count, ()), has_aux=True)
+    (loss, _), grads = ppo.accumulate_grads(
+        grad_fn, params, ppo.split_microbatches(batch, num_microbatches), num_microbatches)[0]
+    return loss, grads
 
   @jax.jit
   def step(params, opt_state, batch):
