@@ -38,9 +38,9 @@ def get_config():
   c.rl.rollouts_per_round = 128  # larger rounds than 64 gave visibly less noisy updates on this task
   c.rl.minibatch_size = 64
   c.rl.updates_per_round = 2  # one pass over each round's rollouts, as in the paper's 4 x 256 = 1024
-  c.rl.num_microbatches = -1  # one episode per data-parallel shard per gradient chunk (valid on any number of
-  # devices): on one CPU small chunks stay in cache, update 10.9 -> 8.1-8.7 s at 64 x 512; 16 chunks (4 rows)
-  # take 6.4-6.7 s on one device but are invalid on 8 (BUILD_NOTES "A faster main job")
+  c.rl.num_microbatches = -4  # 4 episodes per data-parallel shard per gradient chunk (16 chunks on one device,
+  # valid on 1, 2, 4, 8 or 16): on a CPU small chunks stay in cache; update at 64 x 512 tokens: one pass
+  # 10.9 s, 1 episode per chunk 8.1-8.7 s, 4 episodes 6.4-6.7 s (BUILD_NOTES "A faster main job")
   c.rl.score_batch_size = 32  # by length, 4 passes of 32: scoring 6.1 -> 4.4 s per round (BUILD_NOTES runs A, B)
   c.rl.kl_coef = 1.0  # not the paper's 0.05: with 0.05 the tiny policy collapsed onto one separator within
   # ~20 updates (the geometric-mean KL of one token among ~21 is tiny), which ends exploration

@@ -140,10 +140,11 @@ def base_config() -> ml_collections.ConfigDict:
   r.rollouts_per_round = 1024  # episodes collected per round (paper App. A.1)
   r.minibatch_size = 256  # sequences per optimizer update (paper App. A.1)
   r.updates_per_round = 4  # optimizer updates per round (paper App. A.1)
-  r.num_microbatches = 1  # [U] our choice: each update's minibatch is processed in this many chunks whose gradients are summed (same result, less activation and logits memory); -1 = one episode per data-parallel shard per chunk (minibatch_size / (mesh.data * mesh.fsdp) chunks, the same activation memory on any number of devices)
+  r.num_microbatches = 1  # [U] our choice: each update's minibatch is processed in this many chunks whose gradients are summed (same result, less activation and logits memory); -k = k episodes per data-parallel shard per chunk (minibatch_size / (k * mesh.data * mesh.fsdp) chunks: the same activation memory on any number of devices; -1: one episode)
   r.logprob_chunk = 0  # [U] our choice: token log-probs (scoring and the policy loss) computed this many positions at a time under jax.checkpoint, never the full B x L x vocabulary logits; 0 = all at once
   r.score_batch_size = 0  # [U] our choice: episodes per forward pass when a round is scored (old and reference log-probs, values), sorted by length so each pass is padded to its own longest episode; 0 = the whole round in one pass; -1 = one episode per data-parallel shard (mesh.data * mesh.fsdp a pass)
   r.reference_dtype = "float32"  # [U] our choice: dtype the frozen reference policy's params are kept in ("float32" | "bfloat16"); it only runs forward passes in model.dtype, so with model.dtype "bfloat16" a bfloat16 copy gives the same log-probs in half the memory
+  r.value_level = "turn"  # the value function's level (paper §3: "turn", one value per response, read at its last prompt token); "token" = the ablation of App. B (Table 6b): one value per response token, per-token advantages
   r.advantage_norm = "batch"  # [U] our choice: "batch" (mean/std over all turns of the round) | "none"
   r.loss_aggregation = "token_mean"  # [U] our choice: policy loss averaged over all policy tokens of a minibatch ("token_mean") or per turn first ("turn_mean")
   r.behaviour_correction = True  # multiply ratios by stopgrad(min(pi/pi_b, 1)) (paper App. A.1)
@@ -248,7 +249,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # The PPO fields (kl_coef, clip_eps, ...) are checked by ppo.PPOSettings, in validate().
     "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
     "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(-1),
-    "rl.num_microbatches": ((lambda v: v == -1 or v >= 1), ">= 1, or -1 for one episode per data-parallel shard"),
+    "rl.num_microbatches": ((lambda v: v != 0), ">= 1, or -k for k episodes per data-parallel shard per chunk"),
     "rl.reference_dtype": _DTYPE,
     "optim.lr": _gt(0), "optim.value_lr": _gt(0), "optim.weight_decay": _ge(0),
     "optim.warmup_steps": _ge(0),
@@ -384,9 +385,10 @@ def validate(config, num_devices: int | None = None) -> None:
   if rl.rollouts_per_round % rl.minibatch_size:
     raise errors.ConfigError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
                              f"of config.rl.minibatch_size ({rl.minibatch_size})")
-  if rl.num_microbatches > 0 and rl.minibatch_size % rl.num_microbatches:
-    raise errors.ConfigError(f"config.rl.minibatch_size ({rl.minibatch_size}) must be a multiple of "
-                             f"config.rl.num_microbatches ({rl.num_microbatches})")
+  if rl.minibatch_size % abs(rl.num_microbatches):
+    what = (f"config.rl.num_microbatches ({rl.num_microbatches})" if rl.num_microbatches > 0 else
+            f"the {-rl.num_microbatches} episodes per shard of config.rl.num_microbatches = {rl.num_microbatches}")
+    raise errors.ConfigError(f"config.rl.minibatch_size ({rl.minibatch_size}) must be a multiple of {what}")
   if rl.score_batch_size > 0 and rl.rollouts_per_round % rl.score_batch_size:
     raise errors.ConfigError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
                              f"of config.rl.score_batch_size ({rl.score_batch_size}), or set it to 0")
@@ -436,6 +438,12 @@ def validate(config, num_devices: int | None = None) -> None:
                                f"{rl.minibatch_size // rl.num_microbatches}) must be a multiple of the "
                                f"data-parallel size mesh.data * mesh.fsdp = {data * fsdp} on {num_devices} "
                                "devices")
+    per_shard = -rl.num_microbatches
+    if per_shard > 0 and rl.minibatch_size % (per_shard * data * fsdp):
+      raise errors.ConfigError(f"config.rl.minibatch_size ({rl.minibatch_size}) must be a multiple of "
+                               f"{per_shard} episodes per shard (config.rl.num_microbatches = "
+                               f"{rl.num_microbatches}) × the data-parallel size mesh.data * mesh.fsdp = "
+                               f"{data * fsdp} on {num_devices} devices")
 
 
 def _check_tensor_divides(arch: dict[str, Any], tensor: int) -> None:

@@ -12,7 +12,10 @@ The paper's choices, mapped here:
 * reward per turn (§2): task reward − β · mean over the response's tokens of (log π − log ρ), β = 0.05;
 * returns with γ = 1, advantage = return − V(last prompt token) broadcast to every token of the turn (§3);
 * token-level clipped policy loss with the behaviour correction stopgrad(min(π/π_b, 1)), ε = 0.2 (§3);
-* clipped value loss with α = 0.2 (§3).
+* clipped value loss with α = 0.2 (§3);
+* the token-level value of the ablation (App. B, Table 6b; `rl.value_level = "token"`): one value per
+  response token, read just before the token, with its turn's return as target (γ = 1), and per-token
+  advantages G_t − V(token) normalised over the batch's response tokens.
 
 Losses take **weights that sum to 1 over the whole minibatch** (`token_weights_BxL`, `turn_weights_BxT`):
 a loss is then a weighted sum, so microbatches summed together give exactly the minibatch loss whatever
@@ -100,6 +103,22 @@ def broadcast_to_tokens_BxL(per_turn_BxT: jax.Array, turn_id_BxL: jax.Array) -> 
   index_BxL = jnp.clip(turn_id_BxL, 0, per_turn_BxT.shape[1] - 1)
   gathered_BxL = jnp.take_along_axis(per_turn_BxT, index_BxL, axis=1)
   return jnp.where(turn_id_BxL >= 0, gathered_BxL, 0.0)
+
+
+def token_values_BxL(values_at_BxL: jax.Array, turn_id_BxL: jax.Array) -> jax.Array:
+  """The token-level value of each response token: the value network's output at the position before
+  it (the context the token is sampled from, aligned like the log-probs), 0 on other positions. A
+  turn's first token gets V at its last prompt token, i.e. the turn-level value V(c_t)."""
+  before_BxL = jnp.pad(values_at_BxL[:, :-1], ((0, 0), (1, 0)))
+  return jnp.where(turn_id_BxL >= 0, before_BxL.astype(jnp.float32), 0.0)
+
+
+def token_advantages_BxL(returns_BxT_: jax.Array, values_BxL: jax.Array, turn_id_BxL: jax.Array,
+                         normalize: bool = True, eps: float = 1e-8) -> jax.Array:
+  """Per-token A = G_t − V(token) for every response token (its turn's return G_t, γ = 1), normalised
+  over all response tokens of the batch when `normalize`; 0 elsewhere (the token-level value ablation)."""
+  returns_BxL = broadcast_to_tokens_BxL(returns_BxT_, turn_id_BxL)
+  return advantages_BxT(returns_BxL, values_BxL, turn_id_BxL >= 0, normalize, eps)
 
 
 def token_weights_BxL(policy_mask_BxL: jax.Array, turn_id_BxL: jax.Array, num_turns: int,

@@ -4,7 +4,8 @@ The pure mathematics lives in `rlef_jax.losses`; this module wires it to the pol
 and the separate value network (`model.LlamaValue`, same backbone, fresh scalar head):
 
 * `make_logprob_fn` / `make_value_fn`: full-forward per-token log-probs (the trainer's π_θold and the
-  frozen reference ρ) and turn values V(c_t) read at the last prompt token of each turn;
+  frozen reference ρ) and turn values V(c_t) read at the last prompt token of each turn (or, with
+  `rl.value_level = "token"`, the ablation of App. B, one value per response token);
 * `compute_turn_targets`: KL-in-reward, returns (γ = 1) and normalised advantages for a whole round;
 * `make_optimizers`: AdamW with linear warm-up (paper App. A.1), separate value learning rate;
 * `make_update_step`: one jitted, donated, optionally sharded optimizer step of both networks on a
@@ -32,7 +33,13 @@ from rlef_jax import losses
 
 MINIBATCH_KEYS = ("tokens_BxL", "policy_mask_BxL", "turn_id_BxL", "behaviour_logp_BxL",
                   "old_logp_BxL", "advantages_BxT", "returns_BxT", "old_values_BxT",
-                  "value_index_BxT", "turn_mask_BxT")
+                  "value_index_BxT", "turn_mask_BxT")  # a minibatch with the turn-level value (the paper's)
+# With the token-level value (`rl.value_level = "token"`) advantages and old values are per token, and no
+# value index is needed (the value of a response token is read at the position before it).
+TOKEN_VALUE_MINIBATCH_KEYS = ("tokens_BxL", "policy_mask_BxL", "turn_id_BxL", "behaviour_logp_BxL",
+                              "old_logp_BxL", "advantages_BxL", "returns_BxT", "old_values_BxL",
+                              "turn_mask_BxT")
+VALUE_LEVELS = ("turn", "token")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +57,7 @@ class PPOSettings:
   behaviour_correction: bool
   loss_aggregation: str
   logprob_chunk: int
+  value_level: str
 
   def __post_init__(self):
     checks = (
@@ -62,6 +70,7 @@ class PPOSettings:
         (self.loss_aggregation in losses.AGGREGATIONS, "loss_aggregation",
          f"one of {losses.AGGREGATIONS}"),
         (self.logprob_chunk >= 0, "logprob_chunk", ">= 0 (0 = off)"),
+        (self.value_level in VALUE_LEVELS, "value_level", f"one of {VALUE_LEVELS}"),
     )
     for ok, name, want in checks:
       if not ok:
@@ -71,6 +80,11 @@ class PPOSettings:
   def from_config(cls, rl_config: Any) -> "PPOSettings":
     """From `config.rl` (a ConfigDict or a dict); a field it lacks is an error naming the field."""
     return cls(**{f.name: _field(rl_config, f.name) for f in dataclasses.fields(cls)})
+
+
+def minibatch_keys(settings: PPOSettings) -> tuple[str, ...]:
+  """The arrays an update's minibatch holds under `settings.value_level`."""
+  return TOKEN_VALUE_MINIBATCH_KEYS if _settings(settings).value_level == "token" else MINIBATCH_KEYS
 
 
 def _settings(settings: Any) -> PPOSettings:
@@ -186,27 +200,37 @@ def make_logprob_fn(model: nn.Module, mesh: Optional[jax.sharding.Mesh] = None, 
   return _under_mesh(logprobs, mesh)
 
 
-def make_value_fn(value_model: nn.Module, mesh: Optional[jax.sharding.Mesh] = None
-                  ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+def make_value_fn(value_model: nn.Module, mesh: Optional[jax.sharding.Mesh] = None,
+                  value_level: str = "turn") -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
   """Jitted `values_BxT = fn(value_params, tokens_BxL, value_index_BxT)`: V(c_t) read at the last
-  prompt token before each turn's response (paper §3)."""
+  prompt token before each turn's response (paper §3). With `value_level="token"` (the App. B
+  ablation) `values_BxL = fn(value_params, tokens_BxL, turn_id_BxL)`: each response token's value, read
+  at the position before it (`losses.token_values_BxL`), 0 elsewhere."""
+  if value_level not in VALUE_LEVELS:
+    raise ValueError(f"value_level must be one of {VALUE_LEVELS}, got {value_level!r}")
 
   @jax.jit
-  def values(value_params, tokens_BxL, value_index_BxT):
+  def values(value_params, tokens_BxL, where):
     values_BxL = value_model.apply({"params": value_params}, tokens_BxL)
-    return _values_at_BxT(values_BxL, value_index_BxT)
+    if value_level == "token":
+      return losses.token_values_BxL(values_BxL, where)
+    return _values_at_BxT(values_BxL, where)
 
   return _under_mesh(values, mesh)
 
 
 def compute_turn_targets(task_rewards_BxT: jax.Array, policy_logp_BxL: jax.Array,
                          ref_logp_BxL: jax.Array, turn_id_BxL: jax.Array, turn_mask_BxT: jax.Array,
-                         values_BxT: jax.Array, settings: PPOSettings) -> dict[str, jax.Array]:
+                         values: jax.Array, settings: PPOSettings) -> dict[str, jax.Array]:
   """Per-turn KL, reward, return and advantage of a collection round (paper §2 and §3).
 
   KL_t = mean over turn t's tokens of (log π − log ρ); R_t = r_t − β·KL_t; G_t = Σ_{i≥t} γ^{i−t} R_i;
   A_t = G_t − V(c_t), normalised over the valid turns of the arrays passed in when
   `rl.advantage_norm == "batch"` (pass the whole round to normalise over the round).
+
+  `values` are `[B, T]` turn values; with `settings.value_level == "token"` they are `[B, L]` token
+  values (`make_value_fn`) and the advantage is per token, `advantages_BxL` (G_t − V(token), normalised
+  over the response tokens), in place of `advantages_BxT`.
   """
   s = _settings(settings)
   T = task_rewards_BxT.shape[1]
@@ -215,27 +239,32 @@ def compute_turn_targets(task_rewards_BxT: jax.Array, policy_logp_BxL: jax.Array
   kl_BxT = jnp.where(turn_mask_BxT.astype(bool), kl_BxT, 0.0)
   rewards_BxT = losses.turn_rewards_BxT(task_rewards_BxT, kl_BxT, turn_mask_BxT, s.kl_coef)
   returns_BxT = losses.returns_BxT(rewards_BxT, turn_mask_BxT, s.gamma)
-  advantages_BxT = losses.advantages_BxT(returns_BxT, values_BxT, turn_mask_BxT,
-                                         normalize=s.advantage_norm == "batch")
-  return {"kl_BxT": kl_BxT, "rewards_BxT": rewards_BxT, "returns_BxT": returns_BxT,
-          "advantages_BxT": advantages_BxT}
+  normalize = s.advantage_norm == "batch"
+  if s.value_level == "token":
+    advantages = {"advantages_BxL": losses.token_advantages_BxL(returns_BxT, values, turn_id_BxL,
+                                                                normalize=normalize)}
+  else:
+    advantages = {"advantages_BxT": losses.advantages_BxT(returns_BxT, values, turn_mask_BxT,
+                                                          normalize=normalize)}
+  return {"kl_BxT": kl_BxT, "rewards_BxT": rewards_BxT, "returns_BxT": returns_BxT, **advantages}
 
 
-def _check_minibatch(batch: dict[str, Any], num_microbatches: int) -> dict[str, Any]:
-  """The minibatch's `MINIBATCH_KEYS` entries, after checking their presence and shapes."""
-  missing = [k for k in MINIBATCH_KEYS if k not in batch]
+def _check_minibatch(batch: dict[str, Any], num_microbatches: int,
+                     keys: tuple[str, ...] = MINIBATCH_KEYS) -> dict[str, Any]:
+  """The minibatch's `keys` entries (`minibatch_keys`), after checking their presence and shapes."""
+  missing = [k for k in keys if k not in batch]
   if missing:
-    raise ValueError(f"the minibatch lacks {missing}; it needs exactly {list(MINIBATCH_KEYS)}")
+    raise ValueError(f"the minibatch lacks {missing}; it needs exactly {list(keys)}")
   B, L = batch["tokens_BxL"].shape
   T = batch["turn_mask_BxT"].shape[1]
-  for k in MINIBATCH_KEYS:
+  for k in keys:
     want = (B, L) if k.endswith("BxL") else (B, T)
     if tuple(batch[k].shape) != want:
       raise ValueError(f"minibatch[{k!r}] has shape {tuple(batch[k].shape)}, expected {want} "
                        f"(B={B} from tokens_BxL, L={L}, T={T} from turn_mask_BxT)")
   if B % num_microbatches:
     raise ValueError(f"minibatch size {B} is not divisible by num_microbatches={num_microbatches}")
-  return {k: batch[k] for k in MINIBATCH_KEYS}
+  return {k: batch[k] for k in keys}
 
 
 def _policy_loss_fn(policy_model, s: PPOSettings):
@@ -254,12 +283,20 @@ def _policy_loss_fn(policy_model, s: PPOSettings):
 
 
 def _value_loss_fn(value_model, s: PPOSettings):
+  """The clipped value loss (paper §3) of the turn-level value, or of the token-level one (App. B):
+  every response token's value against its turn's return, weighted like the policy loss's tokens."""
   def loss_fn(params, mb):
-    values_BxL = value_model.apply({"params": params}, mb["tokens_BxL"])
-    values_BxT = _values_at_BxT(values_BxL, mb["value_index_BxT"])
-    loss, metrics = losses.value_loss(values_BxT, mb["old_values_BxT"], mb["returns_BxT"],
-                                      mb["turn_weights_BxT"], s.value_clip)
-    return loss, (metrics, values_BxT)
+    out_BxL = value_model.apply({"params": params}, mb["tokens_BxL"])
+    if s.value_level == "token":
+      values = losses.token_values_BxL(out_BxL, mb["turn_id_BxL"])
+      loss, metrics = losses.value_loss(
+          values, mb["old_values_BxL"], losses.broadcast_to_tokens_BxL(mb["returns_BxT"], mb["turn_id_BxL"]),
+          mb["token_weights_BxL"], s.value_clip)
+    else:
+      values = _values_at_BxT(out_BxL, mb["value_index_BxT"])
+      loss, metrics = losses.value_loss(values, mb["old_values_BxT"], mb["returns_BxT"],
+                                        mb["turn_weights_BxT"], s.value_clip)
+    return loss, (metrics, values)
   return loss_fn
 
 
@@ -286,20 +323,23 @@ def accumulate_grads(grad_fn, params, micro: Any, num_microbatches: int):
   return jax.lax.scan(body, zeros, micro)
 
 
-PER_SHARD = -1  # `num_microbatches` value: one episode per data-parallel shard per microbatch
+PER_SHARD = -1  # `num_microbatches` value: one episode per data-parallel shard per microbatch (-k: k)
 
 
 def microbatch_count(minibatch_size: int, num_microbatches: int,
                      mesh: Optional[jax.sharding.Mesh] = None) -> int:
-  """The microbatches a minibatch of `minibatch_size` episodes is split into: `num_microbatches`, or
-  with `PER_SHARD` (-1) minibatch_size / (mesh data × fsdp), each microbatch then holding one episode
-  per data-parallel shard (the least activation memory; the same on any number of devices)."""
-  if num_microbatches != PER_SHARD:
+  """The microbatches a minibatch of `minibatch_size` episodes is split into: `num_microbatches` when
+  positive; a negative value -k sets the microbatch instead, k episodes per data-parallel shard:
+  minibatch_size / (k × mesh data × fsdp) microbatches (`PER_SHARD`, -1: one episode per shard, the
+  least activation memory). A microbatch per shard holds the same k episodes on any number of devices."""
+  if num_microbatches > 0:
     return num_microbatches
-  split = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+  if num_microbatches == 0:
+    raise ValueError("num_microbatches must be >= 1, or -k for k episodes per data-parallel shard, got 0")
+  split = (1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]) * -num_microbatches
   if minibatch_size % split:
-    raise ValueError(f"minibatch size {minibatch_size} must be a multiple of the mesh's data × fsdp = "
-                     f"{split}")
+    raise ValueError(f"minibatch size {minibatch_size} must be a multiple of the mesh's data × fsdp × "
+                     f"episodes per shard ({-num_microbatches}) = {split}")
   return minibatch_size // split
 
 
@@ -309,11 +349,11 @@ def make_update_fn(policy_model: nn.Module, value_model: nn.Module,
                    num_microbatches: int = 1
                    ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
   """The pure `update(state, minibatch) -> (state, metrics)` that `make_update_step` jits (the
-  minibatch holds exactly `MINIBATCH_KEYS`); `mesh` only resolves `num_microbatches=PER_SHARD`."""
+  minibatch holds exactly `minibatch_keys(settings)`); `mesh` only resolves `num_microbatches=PER_SHARD`."""
   s = _settings(settings)
-  if num_microbatches != PER_SHARD and num_microbatches < 1:
-    raise ValueError(f"num_microbatches must be >= 1, or {PER_SHARD} (one episode per data-parallel "
-                     f"shard), got {num_microbatches}")
+  if num_microbatches == 0:
+    raise ValueError("num_microbatches must be >= 1, or -k (k episodes per data-parallel shard per "
+                     "microbatch), got 0")
   policy_grad = jax.value_and_grad(_policy_loss_fn(policy_model, s), has_aux=True)
   value_grad = jax.value_and_grad(_value_loss_fn(value_model, s), has_aux=True)
 
@@ -324,14 +364,19 @@ def make_update_fn(policy_model: nn.Module, value_model: nn.Module,
     derived["token_weights_BxL"] = losses.token_weights_BxL(
         batch["policy_mask_BxL"], batch["turn_id_BxL"], T, s.loss_aggregation)
     derived["turn_weights_BxT"] = losses.turn_weights_BxT(batch["turn_mask_BxT"])
-    derived["advantages_BxL"] = losses.broadcast_to_tokens_BxL(batch["advantages_BxT"],
-                                                               batch["turn_id_BxL"])
+    if s.value_level == "token":
+      returns, value_mask = (losses.broadcast_to_tokens_BxL(batch["returns_BxT"], batch["turn_id_BxL"]),
+                             batch["turn_id_BxL"] >= 0)
+    else:
+      derived["advantages_BxL"] = losses.broadcast_to_tokens_BxL(batch["advantages_BxT"],
+                                                                 batch["turn_id_BxL"])
+      returns, value_mask = batch["returns_BxT"], batch["turn_mask_BxT"]
     micro = split_microbatches(derived, M)
 
     (p_loss, p_metrics), p_grads = accumulate_grads(policy_grad, state.policy_params, micro, M)[0]
-    ((v_loss, (v_metrics, _)), v_grads), (_, values_MxBxT) = accumulate_grads(
+    ((v_loss, (v_metrics, _)), v_grads), (_, stacked_values) = accumulate_grads(
         value_grad, state.value_params, micro, M)
-    values_BxT = values_MxBxT.reshape(B, T)
+    values = stacked_values.reshape(returns.shape)
 
     p_updates, p_opt = policy_opt.update(p_grads, state.policy_opt_state, state.policy_params)
     v_updates, v_opt = value_opt.update(v_grads, state.value_opt_state, state.value_params)
@@ -342,8 +387,7 @@ def make_update_fn(policy_model: nn.Module, value_model: nn.Module,
     metrics = {"policy_loss": p_loss, "value_loss": v_loss,
                "policy_grad_norm": optax.global_norm(p_grads),
                "value_grad_norm": optax.global_norm(v_grads),
-               "explained_variance": losses.explained_variance(
-                   values_BxT, batch["returns_BxT"], batch["turn_mask_BxT"]),
+               "explained_variance": losses.explained_variance(values, returns, value_mask),
                **{f"pg_{k}": v for k, v in p_metrics.items()},
                **{f"vf_{k}": v for k, v in v_metrics.items()}}
     return new_state, metrics
@@ -365,28 +409,29 @@ def make_update_step(policy_model: nn.Module, value_model: nn.Module,
                      ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
   """`update(state, minibatch) -> (state, metrics)`: one AdamW step of policy and value (paper §3).
 
-  The minibatch (keys `MINIBATCH_KEYS`, B rows) is split into `num_microbatches` chunks whose gradients
-  are summed (`PER_SHARD`, -1: one episode per data-parallel shard each); loss weights are computed
+  The minibatch (keys `minibatch_keys(settings)`, B rows) is split into `num_microbatches` chunks whose gradients
+  are summed (negative: -k, k episodes per data-parallel shard each, `microbatch_count`); loss weights are computed
   over the whole minibatch first, so the result equals one pass over all B rows. The state is donated.
   With a `mesh`, the update is traced under the logical-axis rules (activations constrained), the
   state keeps the shardings it arrives with and the batch is sharded over the data axes.
   """
   update = make_update_fn(policy_model, value_model, policy_opt, value_opt, settings, mesh,
                           num_microbatches)
-  check_size = 1 if num_microbatches == PER_SHARD else num_microbatches
+  check_size = max(num_microbatches, 1)  # a negative count is checked by `microbatch_count`
+  keys = minibatch_keys(settings)
 
   if mesh is None:
     jitted = jax.jit(update, donate_argnums=0)
 
     def run(state, batch):
-      return jitted(state, _check_minibatch(batch, check_size))
+      return jitted(state, _check_minibatch(batch, check_size, keys))
     return run
 
   from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
   compiled: dict[Any, Callable] = {}
 
   def run_sharded(state, batch):
-    batch = _check_minibatch(batch, check_size)
+    batch = _check_minibatch(batch, check_size, keys)
     split = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch["tokens_BxL"].shape[0] % split:
       raise ValueError(f"minibatch size {batch['tokens_BxL'].shape[0]} must be a multiple of the "

@@ -54,35 +54,46 @@ def score_batch_size(config: Any, num_episodes: int, mesh: jax.sharding.Mesh) ->
   return n or num_episodes
 
 
+def make_score_fns(run: Any) -> dict:
+  """The jitted functions `score` calls: "logprob" (π_θold and ρ) and "value" (at `rl.value_level`)."""
+  settings = run.ppo_settings
+  return {"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh, chunk=settings.logprob_chunk),
+          "value": ppo.make_value_fn(run.value_model, mesh=run.mesh, value_level=settings.value_level)}
+
+
 def score(run: Any, state: ppo.TrainState, ref_params: Any, batch: dict, fns: dict
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Log-probs of the round's tokens under the current policy (π_θold) and the reference ρ, and the
-  values at each turn's last prompt token: host arrays `[B, L]`, `[B, L]`, `[B, T]`.
+  """With `fns` from `make_score_fns(run)`: log-probs of the round's tokens under the current policy (π_θold) and the reference ρ, and the
+  values at each turn's last prompt token: host arrays `[B, L]`, `[B, L]`, `[B, T]` (with
+  `rl.value_level = "token"` the values are per response token, `[B, L]`).
 
   With n = `score_batch_size(...)` below B the episodes are scored n at a time in order of length,
   each pass padded only to its own longest episode (rounded up to 64 tokens): less padding to
   compute and a smaller peak (the forward holds n × L × vocabulary logits).
   """
-  tokens_BxL, index_BxT = batch["tokens_BxL"], batch["value_index_BxT"]
+  per_token = run.ppo_settings.value_level == "token"
+  tokens_BxL = batch["tokens_BxL"]
+  where = batch["turn_id_BxL"] if per_token else batch["value_index_BxT"]  # where values are read
   B, L = tokens_BxL.shape
 
-  def one_pass(tokens_np, index_np):
+  def one_pass(tokens_np, where_np):
     tokens = to_device(run, tokens_np)
     return (distributed.to_host(fns["logprob"](state.policy_params, tokens)),
             distributed.to_host(fns["logprob"](ref_params, tokens)),
-            distributed.to_host(fns["value"](state.value_params, tokens, to_device(run, index_np))))
+            distributed.to_host(fns["value"](state.value_params, tokens, to_device(run, where_np))))
 
   n = score_batch_size(run.config, B, run.mesh)
   if n == B:
-    return one_pass(tokens_BxL, index_BxT)
+    return one_pass(tokens_BxL, where)
   order = np.argsort(batch["length_B"], kind="stable")
   old_logp, ref_logp = np.zeros((B, L), np.float32), np.zeros((B, L), np.float32)
-  old_values = np.zeros(index_BxT.shape, np.float32)
+  old_values = np.zeros(where.shape, np.float32)
   for start in range(0, B, n):
     rows = order[start:start + n]
     width = min(L, rollout_lib.round_up(int(batch["length_B"][rows].max()), 64))
-    old_logp[rows, :width], ref_logp[rows, :width], old_values[rows] = one_pass(
-        tokens_BxL[rows, :width], index_BxT[rows])
+    cols = slice(0, width) if per_token else slice(None)
+    old_logp[rows, :width], ref_logp[rows, :width], old_values[rows, cols] = one_pass(
+        tokens_BxL[rows, :width], where[rows, cols])
   return old_logp, ref_logp, old_values
 
 
@@ -107,8 +118,10 @@ def make_round_batch(run: Any, state: ppo.TrainState, ref_params: Any,
       to_device(run, ref_logp * policy_mask), to_device(run, batch["turn_id_BxL"]),
       to_device(run, batch["turn_mask_BxT"]), to_device(run, old_values), run.ppo_settings)
   targets = {key: distributed.to_host(value) for key, value in targets.items()}
-  batch.update(old_logp_BxL=old_logp, old_values_BxT=old_values,
-               advantages_BxT=targets["advantages_BxT"], returns_BxT=targets["returns_BxT"])
+  per_token = run.ppo_settings.value_level == "token"
+  advantages_key = "advantages_BxL" if per_token else "advantages_BxT"
+  batch.update({"old_logp_BxL": old_logp, "old_values_BxL" if per_token else "old_values_BxT": old_values,
+                advantages_key: targets[advantages_key], "returns_BxT": targets["returns_BxT"]})
   turn_mask = batch["turn_mask_BxT"]
   turns = max(np.sum(turn_mask), 1)
   mask = batch["policy_mask_BxL"]
@@ -131,7 +144,9 @@ def make_round_batch(run: Any, state: ppo.TrainState, ref_params: Any,
       "batch/padded_length": float(batch["tokens_BxL"].shape[1]),
       "batch/padding_fraction": float(1 - np.sum(batch["length_B"]) / batch["tokens_BxL"].size),
       "kl/turn_mean": float(np.sum(targets["kl_BxT"] * turn_mask) / turns),
-      "value/mean": float(np.sum(batch["old_values_BxT"] * turn_mask) / turns),
+      # The value of a turn's context, V(c_t) (per token: the value before each response token).
+      "value/mean": float(np.sum(old_values * mask) / max(np.sum(mask), 1)) if per_token
+                    else float(np.sum(old_values * turn_mask) / turns),
       # KL(behaviour || current policy), estimated on the sampled tokens: ~0 when the round was
       # sampled by the policy being updated, the freshness lost when it was sampled earlier
       # (rl.async_rollouts).

@@ -184,9 +184,7 @@ def _start(run: experiment.Run) -> _Training:
       engine=rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
                                        c.env, experiment.rollout_settings(c, evaluation=False),
                                        run.mesh),
-      score_fns={"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh,
-                                                chunk=settings.logprob_chunk),
-                 "value": ppo.make_value_fn(run.value_model, mesh=run.mesh)},
+      score_fns=round_batch.make_score_fns(run),
       update=ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt, settings,
                                   mesh=run.mesh, num_microbatches=c.rl.num_microbatches),
       checkpointer=checkpointer,
@@ -257,7 +255,8 @@ def _update(run: experiment.Run, t: _Training, batch: dict, round_rng: jax.Array
           jax.random.fold_in(jax.random.fold_in(round_rng, 1), k // per_pass), episodes))
     start = (k % per_pass) * c.rl.minibatch_size
     rows = order[start:start + c.rl.minibatch_size]
-    minibatch = {key: round_batch.to_device(run, batch[key][rows]) for key in ppo.MINIBATCH_KEYS}
+    minibatch = {key: round_batch.to_device(run, batch[key][rows])
+                 for key in ppo.minibatch_keys(run.ppo_settings)}
     t.state, m = t.update(t.state, minibatch)
     metrics.append(m)
     t.step += 1

@@ -34,7 +34,7 @@ def test_assess_reads_before_and_after_per_seed_and_decides_each_claim():
   seeds = (0, 1)
   rows = []
   for s in seeds:
-    r, b, one = f"RLEF s{s}", f"RL without feedback s{s}", f"single-turn RL s{s}"
+    r, b, one, tok = f"RLEF s{s}", f"RL without feedback s{s}", f"single-turn RL s{s}", f"token-level value s{s}"
     # RLEF: before (the reference checkpoint, step unknown) 0.40 -> after 0.70; ST 1@3 0.30 after.
     rows += [_row(r, None, 0.40, checkpoint="reference"), _row(r, 100, 0.70, st1=0.30)]
     # an earlier evaluation after RL must not be picked over the last one
@@ -45,6 +45,8 @@ def test_assess_reads_before_and_after_per_seed_and_decides_each_claim():
     # no-feedback RL gains 0.10 on seed 0 but 0.40 on seed 1 (more than RLEF's 0.30): not confirmed
     rows += [_row(b, 0, 0.40), _row(b, 100, 0.50 if s == 0 else 0.80)]
     rows += [_row(one, 0, 0.40, st_pass1=0.10), _row(one, 100, 0.45, st_pass1=0.20)]
+    # the token-level value reaches 0.60 (below RLEF's 0.70) on seed 0, 0.75 on seed 1: reversed there
+    rows += [_row(tok, 0, 0.40), _row(tok, 100, 0.60 if s == 0 else 0.75)]
   out = {c.number: c for c in claims.assess(rows, seeds, kl_coefs=(1.0,), turn_limits=(1, 3, 5))}
   assert out["1"].verdict == "confirmed"
   assert out["1"].differences == pytest.approx([0.30, 0.30])
@@ -56,7 +58,8 @@ def test_assess_reads_before_and_after_per_seed_and_decides_each_claim():
   assert "confirmed (mean +10.0 points)" in out["5"].note
   # Fig. 4b: gain from limit 1 to 5 is 0.25 before and 0.50 after RL
   assert out["6"].verdict == "confirmed" and out["6"].differences == pytest.approx([0.25, 0.25])
-  assert out["7"].verdict == "not run"
+  assert out["7"].verdict == "not confirmed" and out["7"].differences == pytest.approx([0.10, -0.05])
+  assert "| 1 | 70.0 [65.0, 75.0] | 75.0 [70.0, 80.0] | -5.0 | +35.0 |" in out["7"].markdown()
   assert out["β"].rows == [["1", "—", "—", "—"]]  # no kl arm in these rows
   assert "| 0 | 40.0 [35.0, 45.0] | 70.0 [65.0, 75.0] | +30.0 |" in out["1"].markdown()
 
@@ -65,6 +68,9 @@ def test_bad_arguments_get_one_line():
   proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "claims.py"), "--out", "/tmp/x",
                          "--seeds", "a,b"], capture_output=True, text=True)
   assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--seeds" in proc.stderr
+  proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "claims.py"), "--out", "/tmp/x",
+                         "--arms", "token,value"], capture_output=True, text=True)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "got value" in proc.stderr
 
 
 @pytest.mark.notebooks
@@ -80,7 +86,7 @@ def test_the_study_runs_end_to_end_in_quick_mode(tmp_path_factory):
   data = json.loads((runs / "claims.json").read_text())
   assert [c["claim"] for c in data] == ["1", "2", "3", "4", "5", "6", "7", "β"]
   # every claim that has arms got its figures for seed 0 (QUICK: numbers mean nothing, but exist)
-  for c in data[:6]:
+  for c in data[:7]:
     assert c["differences"] and all(d is not None for d in c["differences"]), c
   assert len(data[7]["rows"]) == 2
   assert "QUICK mode" in (runs / "claims.md").read_text()

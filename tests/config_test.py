@@ -238,8 +238,18 @@ def test_per_shard_sizes_and_reference_dtype_are_checked():
   config = load("tiny")
   config.rl.num_microbatches, config.rl.score_batch_size = -1, -1
   rc.validate(config, num_devices=8)  # 64 / 8 = 8 microbatches of 8; scoring passes of 8
-  config.rl.num_microbatches = -2
-  with pytest.raises(ValueError, match=r"config\.rl\.num_microbatches must be >= 1, or -1"):
+  config.rl.num_microbatches = -4  # 4 episodes per shard: 2 microbatches of 32 on 8 devices
+  rc.validate(config, num_devices=8)
+  rc.validate(config, num_devices=1)  # 16 microbatches of 4
+  with pytest.raises(ValueError, match=r"config\.rl\.minibatch_size \(64\) must be a multiple of 4 episodes "
+                                       r"per shard .* = 32 on 32 devices"):
+    rc.validate(config, num_devices=32)
+  config.rl.num_microbatches = -3
+  with pytest.raises(ValueError, match=r"minibatch_size \(64\) must be a multiple of the 3 episodes per "
+                                       r"shard of config\.rl\.num_microbatches = -3"):
+    rc.validate(config)
+  config.rl.num_microbatches = 0
+  with pytest.raises(ValueError, match=r"config\.rl\.num_microbatches must be >= 1, or -k"):
     rc.validate(config)
   config.rl.num_microbatches = -1
   config.rl.score_batch_size = -2

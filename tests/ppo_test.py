@@ -19,7 +19,7 @@ OPTIM = dict(lr=3e-3, value_lr=3e-3, weight_decay=0.1, warmup_steps=0, schedule_
              b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=1.0)
 RL_FIELDS = dict(clip_eps=0.2, value_clip=0.2, kl_coef=0.05, gamma=1.0, kl_clamp=20.0,
                  advantage_norm="batch", behaviour_correction=True, loss_aggregation="token_mean",
-                 logprob_chunk=0)
+                 logprob_chunk=0, value_level="turn")
 RL = ppo.PPOSettings.from_config(RL_FIELDS)
 
 
@@ -176,7 +176,7 @@ def test_microbatched_update_equals_one_pass(nets, sgd_update):
   outs = []
   for update in (sgd_update, *(ppo.make_update_step(
       POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"), num_microbatches=m)
-                              for m in (2, ppo.PER_SHARD))):  # PER_SHARD, no mesh: B passes of 1
+                              for m in (ppo.PER_SHARD, -2))):  # no mesh: B passes of 1; 2 of 2
     state, metrics = update(_state(nets, SGD), batch)
     outs.append(jax.device_get((state.policy_params, state.value_params, metrics)))
   for out in outs[1:]:
@@ -185,14 +185,19 @@ def test_microbatched_update_equals_one_pass(nets, sgd_update):
 
 
 def test_per_shard_microbatch_count():
-  """num_microbatches = PER_SHARD (-1): one episode per data-parallel shard per microbatch."""
+  """num_microbatches = -k: k episodes per data-parallel shard per microbatch (PER_SHARD = -1: one)."""
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   assert ppo.microbatch_count(256, ppo.PER_SHARD, mesh) == 64
   assert ppo.microbatch_count(256, ppo.PER_SHARD) == 256
+  assert ppo.microbatch_count(256, -4, mesh) == 16
+  assert ppo.microbatch_count(256, -4) == 64
   assert ppo.microbatch_count(256, 8, mesh) == 8
-  with pytest.raises(ValueError, match=r"minibatch size 6 must be a multiple of the mesh's data × fsdp = 4"):
+  with pytest.raises(ValueError, match=r"minibatch size 6 must be a multiple of the mesh's data × fsdp × "
+                                       r"episodes per shard \(1\) = 4"):
     ppo.microbatch_count(6, ppo.PER_SHARD, mesh)
-  with pytest.raises(ValueError, match=r"num_microbatches must be >= 1, or -1"):
+  with pytest.raises(ValueError, match=r"minibatch size 24 .* episodes per shard \(4\) = 16"):
+    ppo.microbatch_count(24, -4, mesh)
+  with pytest.raises(ValueError, match=r"num_microbatches must be >= 1, or -k"):
     ppo.make_update_fn(POLICY, VALUE, *SGD, RL, num_microbatches=0)
 
 
@@ -270,6 +275,9 @@ def test_settings_come_from_the_project_config():
   assert policy_opt is not None and value_opt is not None
   with pytest.raises(ValueError, match="config.rl.advantage_norm"):
     ppo.PPOSettings.from_config(dict(RL_FIELDS, advantage_norm="episode"))
+  assert settings.value_level == "turn"  # the paper's turn-level value is the default
+  with pytest.raises(ValueError, match="config.rl.value_level"):
+    ppo.PPOSettings.from_config(dict(RL_FIELDS, value_level="episode"))
 
 
 def test_bad_minibatch_is_rejected(nets, adam_update):
@@ -285,3 +293,92 @@ def test_bad_minibatch_is_rejected(nets, adam_update):
   with pytest.raises(ValueError, match="num_microbatches"):
     ppo.make_update_step(POLICY, VALUE, *optimizers, RL, num_microbatches=3)(
         _state(nets, optimizers), _minibatch(nets))
+
+
+# The token-level value of the ablation (rl.value_level = "token", paper App. B / Table 6b).
+
+TOKEN_VALUES = ppo.make_value_fn(VALUE, value_level="token")
+
+
+def _token_minibatch(nets, seed=0):
+  """A minibatch for the token-level value: its per-token old values and advantages from the value
+  network and `compute_turn_targets`."""
+  policy, value = nets
+  rng, tokens, turn_id, turn_mask, _ = _episodes(seed)
+  old_logp = np.asarray(LOGPROB(policy, jnp.asarray(tokens)))
+  old_values = np.asarray(TOKEN_VALUES(value, jnp.asarray(tokens), jnp.asarray(turn_id)))
+  task = rng.choice([-1.0, -0.2, 0.0, 1.0], (B, T)).astype(np.float32)
+  targets = ppo.compute_turn_targets(jnp.asarray(task), jnp.asarray(old_logp),
+                                     jnp.asarray(old_logp + rng.normal(scale=0.1, size=(B, L))),
+                                     jnp.asarray(turn_id), jnp.asarray(turn_mask),
+                                     jnp.asarray(old_values), _rl(value_level="token"))
+  assert "advantages_BxT" not in targets
+  return dict(tokens_BxL=tokens, policy_mask_BxL=(turn_id >= 0).astype(np.float32), turn_id_BxL=turn_id,
+              behaviour_logp_BxL=old_logp + rng.normal(scale=0.1, size=(B, L)).astype(np.float32),
+              old_logp_BxL=old_logp, advantages_BxL=np.asarray(targets["advantages_BxL"]),
+              returns_BxT=np.asarray(targets["returns_BxT"]), old_values_BxL=old_values,
+              turn_mask_BxT=turn_mask)
+
+
+def test_token_values_are_read_before_each_response_token(nets):
+  """Each response token's value is the value head's output at the position before it, 0 off the
+  responses; a turn's first token gets exactly the turn-level value V(c_t) at its last prompt token."""
+  _, value = nets
+  _, tokens, turn_id, turn_mask, value_index = _episodes(8)
+  got = np.asarray(TOKEN_VALUES(value, jnp.asarray(tokens), jnp.asarray(turn_id)))
+  out = np.asarray(VALUE.apply({"params": value}, jnp.asarray(tokens)))
+  turn_values = np.asarray(VALUES(value, jnp.asarray(tokens), jnp.asarray(value_index)))
+  want = np.where(turn_id >= 0, np.pad(out[:, :-1], ((0, 0), (1, 0))), 0.0)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # (jitted vs not: float noise only)
+  assert np.all(got[turn_id < 0] == 0) and np.all(got[turn_id >= 0] != 0)
+  for b in range(B):
+    for t in range(T):
+      if turn_mask[b, t]:
+        first = int(np.argmax(turn_id[b] == t))
+        np.testing.assert_allclose(got[b, first], turn_values[b, t], rtol=1e-5, atol=1e-6)
+
+
+def test_token_level_targets_match_numpy():
+  """Per-token advantage G_t − V(token) of every response token, normalised over those tokens; the
+  turn returns are those of the turn-level value (the value does not enter them)."""
+  rng, _, turn_id, turn_mask, _ = _episodes(9)
+  logp = -rng.exponential(size=(B, L)).astype(np.float32)
+  ref = -rng.exponential(size=(B, L)).astype(np.float32)
+  task = rng.normal(size=(B, T)).astype(np.float32)
+  values = rng.normal(size=(B, L)).astype(np.float32)
+  got = ppo.compute_turn_targets(task, logp, ref, turn_id, turn_mask, values, _rl(value_level="token"))
+  turn_level = ppo.compute_turn_targets(task, logp, ref, turn_id, turn_mask, np.zeros((B, T), np.float32), RL)
+  np.testing.assert_array_equal(got["returns_BxT"], turn_level["returns_BxT"])
+  returns = np.asarray(turn_level["returns_BxT"])
+  raw = {(b, i): returns[b, turn_id[b, i]] - values[b, i] for b in range(B) for i in range(L) if turn_id[b, i] >= 0}
+  a = np.array(list(raw.values()), np.float64)
+  want = np.zeros((B, L))
+  for (b, i), x in raw.items():
+    want[b, i] = (x - a.mean()) / (a.std() + 1e-8)
+  np.testing.assert_allclose(got["advantages_BxL"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_token_level_update_losses_equal_hand_computation_and_microbatches_agree(nets):
+  batch = _token_minibatch(nets)
+  batch["behaviour_logp_BxL"] = batch["old_logp_BxL"]
+  settings = _rl(value_level="token")
+  outs = [jax.device_get(ppo.make_update_step(POLICY, VALUE, *SGD, settings, num_microbatches=m)(
+      _state(nets, SGD), batch)) for m in (1, 2)]
+  metrics = outs[0][1]
+  mask = batch["turn_id_BxL"] >= 0
+  # θ = θ_old = θ_b: the policy loss is minus the mean token advantage; V = V_old: the value loss is
+  # ½ (V(token) − G_t)² averaged over the response tokens.
+  np.testing.assert_allclose(metrics["policy_loss"], -np.mean(batch["advantages_BxL"][mask]), rtol=1e-5, atol=1e-6)
+  token_returns = np.take_along_axis(batch["returns_BxT"], np.maximum(batch["turn_id_BxL"], 0), axis=1)
+  residual = (batch["old_values_BxL"] - token_returns)[mask]
+  np.testing.assert_allclose(metrics["value_loss"], 0.5 * np.mean(residual ** 2), rtol=1e-5)
+  np.testing.assert_allclose(metrics["explained_variance"], 1 - residual.var() / token_returns[mask].var(),
+                             rtol=1e-4, atol=1e-5)
+  # Two gradient chunks give the same step as one pass.
+  for (state_a, metrics_a), (state_b, metrics_b) in [outs]:
+    for a, b in zip(jax.tree.leaves((state_a.policy_params, state_a.value_params, metrics_a)),
+                    jax.tree.leaves((state_b.policy_params, state_b.value_params, metrics_b))):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert metrics["value_grad_norm"] > 1e-3 and metrics["policy_grad_norm"] > 1e-3
+  with pytest.raises(ValueError, match="advantages_BxL"):  # a turn-level minibatch is refused
+    ppo.make_update_step(POLICY, VALUE, *SGD, settings)(_state(nets, SGD), _minibatch(nets))

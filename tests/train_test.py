@@ -30,7 +30,7 @@ OVERRIDES = {
     "data.train_split": "train[:8]",
     "sampling.max_new_tokens": 24,
     "rl.rollouts_per_round": 8, "rl.minibatch_size": 8, "rl.updates_per_round": 1,
-    "rl.score_batch_size": 0,
+    "rl.score_batch_size": 0, "rl.num_microbatches": -1,  # tiny's -4 needs 32 episodes on 8 devices
     "train.num_updates": 2, "train.eval_every": 100, "train.checkpoint_every": 100,
     "train.log_every": 1,
     "eval.max_problems": 2, "eval.num_rollouts_per_problem": 1, "eval.single_turn": True,
@@ -446,11 +446,15 @@ def test_score_batch_size_per_shard():
   assert round_batch.score_batch_size(config, 1024, mesh) == 4
 
 
-def test_scoring_by_length_chunks_equals_scoring_the_whole_round(tmp_path, data_dir):
+@pytest.mark.parametrize("value_level", ["turn", "token"])
+def test_scoring_by_length_chunks_equals_scoring_the_whole_round(tmp_path, data_dir, value_level):
   """rl.score_batch_size: episodes scored a few at a time, sorted by length and padded to each
-  chunk's longest, give the whole-round log-probs and values wherever an episode has tokens."""
+  chunk's longest, give the whole-round log-probs and values wherever an episode has tokens (turn
+  values, or with rl.value_level = "token" the values of the response tokens)."""
   from rlef_jax import model as model_lib, ppo, sharding
   config = tiny_config(data_dir)
+  with config.unlocked():
+    config.rl.value_level = value_level
   run = experiment.build(config, str(tmp_path))
   try:
     rng = np.random.default_rng(0)
@@ -460,13 +464,16 @@ def test_scoring_by_length_chunks_equals_scoring_the_whole_round(tmp_path, data_
     for b, n in enumerate(lengths):
       tokens[b, :n] = rng.integers(0, run.llama_config.vocab_size, n)
     index = np.stack([rng.integers(0, n, T) for n in lengths]).astype(np.int32)
-    batch = {"tokens_BxL": tokens, "value_index_BxT": index, "length_B": lengths.astype(np.int32)}
+    turn_id = np.where(rng.random((B, L)) < 0.5, rng.integers(0, T, (B, L)), -1)
+    turn_id[np.arange(L)[None, :] >= lengths[:, None]] = -1
+    turn_id[:, 0] = -1  # a dialogue starts with its prompt
+    batch = {"tokens_BxL": tokens, "value_index_BxT": index, "turn_id_BxL": turn_id.astype(np.int32),
+             "length_B": lengths.astype(np.int32)}
     params = sharding.init_params(run.policy_model, run.mesh, jax.random.key(0))
     ref = sharding.init_params(run.policy_model, run.mesh, jax.random.key(1))
     values = model_lib.value_params_from_policy(params, jax.random.key(2), run.llama_config)
     state = ppo.TrainState(params, values, None, None, None, None)
-    fns = {"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh),
-           "value": ppo.make_value_fn(run.value_model, mesh=run.mesh)}
+    fns = round_batch.make_score_fns(run)
     whole = round_batch.score(run, state, ref, batch, fns)
     with config.unlocked():
       config.rl.score_batch_size = 2
@@ -480,4 +487,8 @@ def test_scoring_by_length_chunks_equals_scoring_the_whole_round(tmp_path, data_
     np.testing.assert_allclose(b[real], a[real], atol=1e-5)
     for row, w in width.items():
       assert np.all(b[row, w:] == 0) and np.any(b[row, 1:lengths[row]] != 0)  # only w computed
+  want_shape = (B, L) if value_level == "token" else (B, T)
+  assert chunked[2].shape == whole[2].shape == want_shape
   np.testing.assert_allclose(chunked[2], whole[2], atol=1e-5)
+  if value_level == "token":
+    assert np.all(whole[2][turn_id < 0] == 0) and np.all(whole[2][turn_id >= 0] != 0)

@@ -22,7 +22,7 @@ vp = model_lib.value_params_from_policy(ref, jax.random.key(1), run.llama_config
 pp = jax.tree.map(lambda x: jnp.array(x, copy=True), ref)
 state = ppo.init_train_state(pp, vp, policy_opt, value_opt, jax.random.key(2))
 engine = rollout.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool, c.env, experiment.rollout_settings(c, evaluation=False), run.mesh)
-fns = {"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh), "value": ppo.make_value_fn(run.value_model, mesh=run.mesh)}
+fns = round_batch.make_score_fns(run)
 update = ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt, run.ppo_settings, mesh=run.mesh)
 recs = synthetic.generate_problems(64, 5)
 probs = [env_lib.Problem.from_record("synthetic", r, env_config=c.env) for r in recs]
@@ -40,5 +40,5 @@ for rnd in range(8):
     batch, _ = round_batch.make_round_batch(run, state, ref, new, fns)
     for k in range(2):
         rows = np.arange(k * 32, (k + 1) * 32)
-        state, m = update(state, {key: jnp.asarray(batch[key][rows]) for key in ppo.MINIBATCH_KEYS})
+        state, m = update(state, {key: jnp.asarray(batch[key][rows]) for key in ppo.minibatch_keys(run.ppo_settings)})
 run.close()

@@ -50,7 +50,7 @@ if str(REPO_ROOT) not in sys.path:  # rlef_jax from this checkout, also when it 
 QUICK_OVERRIDES: dict[str, Any] = {
     "warmstart.steps": 2, "warmstart.batch_size": 8, "warmstart.num_dialogues": 32,
     "rl.rollouts_per_round": 8, "rl.minibatch_size": 8, "rl.updates_per_round": 1,
-    "rl.score_batch_size": 8, "optim.warmup_steps": 1,
+    "rl.score_batch_size": 8, "rl.num_microbatches": -1, "optim.warmup_steps": 1,
     "train.num_updates": 3, "train.eval_every": 0, "train.checkpoint_every": 3, "train.log_every": 1,
     "eval.max_problems": 8, "eval.num_rollouts_per_problem": 1, "eval.bootstrap_resamples": 50,
 }

@@ -92,12 +92,11 @@ def round_part(out: str, data_dir: str) -> None:
     engine = rollout_lib.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool,
                                        config.env, settings, run.mesh)
     records, _ = engine.run(state.policy_params, mine, jax.random.key(5))
-    fns = {"logprob": ppo.make_logprob_fn(run.policy_model, mesh=run.mesh),
-           "value": ppo.make_value_fn(run.value_model, mesh=run.mesh)}
+    fns = round_batch.make_score_fns(run)
     batch, round_metrics = round_batch.make_round_batch(run, state, ref_params, records, fns)
     update = ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt,
                                   run.ppo_settings, mesh=run.mesh)
-    minibatch = {k: round_batch.to_device(run, batch[k]) for k in ppo.MINIBATCH_KEYS}
+    minibatch = {k: round_batch.to_device(run, batch[k]) for k in ppo.minibatch_keys(run.ppo_settings)}
     state, update_metrics = update(state, minibatch)
     params = multihost_utils.process_allgather(state.policy_params, tiled=True)
     flat = {jax.tree_util.keystr(p): np.asarray(v)
