@@ -29,6 +29,7 @@ def _rl(**changes) -> ppo.PPOSettings:
 
 LOGPROB = ppo.make_logprob_fn(POLICY)
 VALUES = ppo.make_value_fn(VALUE)
+TOKEN_VALUES = ppo.make_value_fn(VALUE, value_level="token")  # the App. B ablation (rl.value_level)
 SGD = (optax.sgd(0.5), optax.sgd(0.5))  # equivalence tests compare plain gradient steps (Adam
                                         # would amplify float noise in near-zero gradients)
 
@@ -69,21 +70,28 @@ def _episodes(seed):
   return rng, tokens, turn_id, turn_mask, value_index
 
 
-def _minibatch(nets, seed=0):
+def _minibatch(nets, seed=0, value_level="turn"):
+  """A minibatch with its old log-probs and values from the networks and targets from
+  `compute_turn_targets`: per-turn values and advantages, or per-token ones (value_level "token")."""
   policy, value = nets
   rng, tokens, turn_id, turn_mask, value_index = _episodes(seed)
   old_logp = np.asarray(LOGPROB(policy, jnp.asarray(tokens)))
-  old_values = np.asarray(VALUES(value, jnp.asarray(tokens), jnp.asarray(value_index)))
+  per_token = value_level == "token"
+  old_values = np.asarray((TOKEN_VALUES if per_token else VALUES)(
+      value, jnp.asarray(tokens), jnp.asarray(turn_id if per_token else value_index)))
   task = rng.choice([-1.0, -0.2, 0.0, 1.0], (B, T)).astype(np.float32)
   targets = ppo.compute_turn_targets(jnp.asarray(task), jnp.asarray(old_logp),
                                      jnp.asarray(old_logp + rng.normal(scale=0.1, size=(B, L))),
                                      jnp.asarray(turn_id), jnp.asarray(turn_mask),
-                                     jnp.asarray(old_values), RL)
-  return dict(tokens_BxL=tokens, policy_mask_BxL=(turn_id >= 0).astype(np.float32), turn_id_BxL=turn_id,
-              behaviour_logp_BxL=old_logp + rng.normal(scale=0.1, size=(B, L)).astype(np.float32),
-              old_logp_BxL=old_logp, advantages_BxT=np.asarray(targets["advantages_BxT"]),
-              returns_BxT=np.asarray(targets["returns_BxT"]), old_values_BxT=old_values,
-              value_index_BxT=value_index, turn_mask_BxT=turn_mask)
+                                     jnp.asarray(old_values), _rl(value_level=value_level))
+  batch = dict(tokens_BxL=tokens, policy_mask_BxL=(turn_id >= 0).astype(np.float32), turn_id_BxL=turn_id,
+               behaviour_logp_BxL=old_logp + rng.normal(scale=0.1, size=(B, L)).astype(np.float32),
+               old_logp_BxL=old_logp, returns_BxT=np.asarray(targets["returns_BxT"]), turn_mask_BxT=turn_mask)
+  if per_token:
+    assert "advantages_BxT" not in targets
+    return dict(batch, advantages_BxL=np.asarray(targets["advantages_BxL"]), old_values_BxL=old_values)
+  return dict(batch, advantages_BxT=np.asarray(targets["advantages_BxT"]), old_values_BxT=old_values,
+              value_index_BxT=value_index)
 
 
 def _state(nets, optimizers):
@@ -297,29 +305,6 @@ def test_bad_minibatch_is_rejected(nets, adam_update):
 
 # The token-level value of the ablation (rl.value_level = "token", paper App. B / Table 6b).
 
-TOKEN_VALUES = ppo.make_value_fn(VALUE, value_level="token")
-
-
-def _token_minibatch(nets, seed=0):
-  """A minibatch for the token-level value: its per-token old values and advantages from the value
-  network and `compute_turn_targets`."""
-  policy, value = nets
-  rng, tokens, turn_id, turn_mask, _ = _episodes(seed)
-  old_logp = np.asarray(LOGPROB(policy, jnp.asarray(tokens)))
-  old_values = np.asarray(TOKEN_VALUES(value, jnp.asarray(tokens), jnp.asarray(turn_id)))
-  task = rng.choice([-1.0, -0.2, 0.0, 1.0], (B, T)).astype(np.float32)
-  targets = ppo.compute_turn_targets(jnp.asarray(task), jnp.asarray(old_logp),
-                                     jnp.asarray(old_logp + rng.normal(scale=0.1, size=(B, L))),
-                                     jnp.asarray(turn_id), jnp.asarray(turn_mask),
-                                     jnp.asarray(old_values), _rl(value_level="token"))
-  assert "advantages_BxT" not in targets
-  return dict(tokens_BxL=tokens, policy_mask_BxL=(turn_id >= 0).astype(np.float32), turn_id_BxL=turn_id,
-              behaviour_logp_BxL=old_logp + rng.normal(scale=0.1, size=(B, L)).astype(np.float32),
-              old_logp_BxL=old_logp, advantages_BxL=np.asarray(targets["advantages_BxL"]),
-              returns_BxT=np.asarray(targets["returns_BxT"]), old_values_BxL=old_values,
-              turn_mask_BxT=turn_mask)
-
-
 def test_token_values_are_read_before_each_response_token(nets):
   """Each response token's value is the value head's output at the position before it, 0 off the
   responses; a turn's first token gets exactly the turn-level value V(c_t) at its last prompt token."""
@@ -359,7 +344,7 @@ def test_token_level_targets_match_numpy():
 
 
 def test_token_level_update_losses_equal_hand_computation_and_microbatches_agree(nets):
-  batch = _token_minibatch(nets)
+  batch = _minibatch(nets, value_level="token")
   batch["behaviour_logp_BxL"] = batch["old_logp_BxL"]
   settings = _rl(value_level="token")
   outs = [jax.device_get(ppo.make_update_step(POLICY, VALUE, *SGD, settings, num_microbatches=m)(
