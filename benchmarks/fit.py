@@ -92,7 +92,13 @@ MINIBATCH_DTYPES = {"tokens_BxL": jnp.int32, "policy_mask_BxL": jnp.float32, "tu
                     "behaviour_logp_BxL": jnp.float32, "old_logp_BxL": jnp.float32,
                     "advantages_BxT": jnp.float32, "returns_BxT": jnp.float32,
                     "old_values_BxT": jnp.float32, "value_index_BxT": jnp.int32,
-                    "turn_mask_BxT": jnp.float32}
+                    "turn_mask_BxT": jnp.float32,
+                    "advantages_BxL": jnp.float32, "old_values_BxL": jnp.float32}  # rl.value_level "token"
+
+
+def minibatch_dtypes(settings: ppo.PPOSettings) -> dict[str, Any]:
+  """The dtype of each array of a minibatch under `settings` (`ppo.minibatch_keys`)."""
+  return {k: MINIBATCH_DTYPES[k] for k in ppo.minibatch_keys(settings)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,10 +206,10 @@ def episode_length(config: Any, length: int = 0) -> int:
 def update_phase(s: Setup, state, reference, length: int) -> list[Measure]:
   c = s.config
   B, L, T = c.rl.minibatch_size, episode_length(c, length), c.env.max_turns
+  settings = ppo.PPOSettings.from_config(c.rl)
   batch = {k: _data_sds(s.mesh, (B, L) if k.endswith("BxL") else (B, T), dtype)
-           for k, dtype in MINIBATCH_DTYPES.items()}
-  update = ppo.make_update_fn(s.policy_model, s.value_model, s.policy_opt, s.value_opt,
-                              ppo.PPOSettings.from_config(c.rl),
+           for k, dtype in minibatch_dtypes(settings).items()}
+  update = ppo.make_update_fn(s.policy_model, s.value_model, s.policy_opt, s.value_opt, settings,
                               s.mesh, c.rl.num_microbatches)
   jitted = ppo.jit_sharded_update(update, jax.tree.map(lambda x: x.sharding, state),
                                   jax.tree.map(lambda x: x.sharding, batch))
@@ -218,18 +224,19 @@ def score_phase(s: Setup, state, reference, length: int) -> list[Measure]:
   n = round_batch.score_batch_size(c, c.rl.rollouts_per_round, s.mesh)
   L, T = episode_length(c, length), c.env.max_turns
   tokens = _data_sds(s.mesh, (n, L), jnp.int32)
-  index = _data_sds(s.mesh, (n, T), jnp.int32)
+  per_token = c.rl.value_level == "token"  # values read where turn_id_BxL says, else at value_index_BxT
+  where = _data_sds(s.mesh, (n, L) if per_token else (n, T), jnp.int32)
   resident = shard_bytes((state, reference))
   shape = f"{n} x {L} tokens"
   # The trainer's functions (ppo.make_*_fn with mesh=None are the same jitted functions; with a
   # mesh they are only called under sharding.use_mesh, which compile_step does).
   logprob = ppo.make_logprob_fn(s.policy_model, chunk=c.rl.logprob_chunk)
-  value = ppo.make_value_fn(s.value_model)
+  value = ppo.make_value_fn(s.value_model, value_level=c.rl.value_level)
   out = []
   for step, fn, params in (("policy logprob", logprob, state.policy_params),
                            ("reference logprob", logprob, reference),
                            ("value", value, state.value_params)):
-    args = (params, tokens) if fn is logprob else (params, tokens, index)
+    args = (params, tokens) if fn is logprob else (params, tokens, where)
     out.append(compile_step("score", step, fn, args, s.mesh, resident - shard_bytes(params), shape)[0])
   return out
 

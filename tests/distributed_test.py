@@ -303,6 +303,9 @@ def test_a_trainer_round_in_two_processes_matches_one_process(tmp_path, syntheti
     np.testing.assert_allclose(procs[0][name], want, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow  # ~165 s on 2 busy cores (four trainer runs in two processes); the default suite has
+# the two-process round (test_a_trainer_round_in_two_processes_matches_one_process) and the
+# one-process stop and resume (tests/train_test.py)
 def test_train_stops_and_resumes_in_two_processes(tmp_path, synthetic_data_dir):
   jobs = _train_jobs("train", tmp_path, synthetic_data_dir, 2, 2)
   with _started(jobs, tmp_path) as wait:

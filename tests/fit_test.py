@@ -61,7 +61,8 @@ def test_argument_bytes_are_the_trainer_state_and_minibatch_shards():
   state = round_batch.on_mesh(ppo.init_train_state(policy, value, s.policy_opt, s.value_opt, key), s.mesh)
   B, L, T = config.rl.minibatch_size, config.sampling.max_context_length, config.env.max_turns
   batch = sharding.shard_batch(s.mesh, {
-      k: np.zeros((B, L) if k.endswith("BxL") else (B, T), dtype) for k, dtype in fit.MINIBATCH_DTYPES.items()})
+      k: np.zeros((B, L) if k.endswith("BxL") else (B, T), dtype)
+      for k, dtype in fit.minibatch_dtypes(ppo.PPOSettings.from_config(config.rl)).items()})
   assert update.argument == _device_bytes((state, batch), devices[0])
   assert update.alias == _device_bytes(state, devices[0])  # the donated state is updated in place
   assert summary["resident"] == _device_bytes((state, reference), devices[0])
