@@ -302,7 +302,7 @@ def write_claims(out: pathlib.Path, claims: Sequence[Claim], report: Any, quick:
   if quick:
     head += ["**QUICK mode: a smoke test of the study; the numbers are not results.**", ""]
   head += [f"Report (tables, plots): {report.out / 'report.md'}. Figures in %, brackets: bootstrap 95% "
-           "intervals over episodes (the evaluation's noise; the seeds show training's).", "",
+           "intervals resampling problems (the evaluation's noise; the seeds show training's).", "",
            "| claim | verdict |", "|---|---|"]
   head += [f"| {c.number}: {c.text} | {c.verdict} |" for c in claims]
   text = "\n".join(head + [""] + [c.markdown() for c in claims])
