@@ -31,14 +31,14 @@ import optax
 from rlef_jax import logprobs as logprobs_lib
 from rlef_jax import losses
 
-MINIBATCH_KEYS = ("tokens_BxL", "policy_mask_BxL", "turn_id_BxL", "behaviour_logp_BxL",
-                  "old_logp_BxL", "advantages_BxT", "returns_BxT", "old_values_BxT",
-                  "value_index_BxT", "turn_mask_BxT")  # a minibatch with the turn-level value (the paper's)
+_EPISODE_KEYS = ("tokens_BxL", "policy_mask_BxL", "turn_id_BxL", "behaviour_logp_BxL", "old_logp_BxL",
+                 "returns_BxT", "turn_mask_BxT")
+# A minibatch with the turn-level value (the paper's): per-turn advantages and old values, read at
+# value_index_BxT.
+MINIBATCH_KEYS = _EPISODE_KEYS + ("advantages_BxT", "old_values_BxT", "value_index_BxT")
 # With the token-level value (`rl.value_level = "token"`) advantages and old values are per token, and no
 # value index is needed (the value of a response token is read at the position before it).
-TOKEN_VALUE_MINIBATCH_KEYS = ("tokens_BxL", "policy_mask_BxL", "turn_id_BxL", "behaviour_logp_BxL",
-                              "old_logp_BxL", "advantages_BxL", "returns_BxT", "old_values_BxL",
-                              "turn_mask_BxT")
+TOKEN_VALUE_MINIBATCH_KEYS = _EPISODE_KEYS + ("advantages_BxL", "old_values_BxL")
 VALUE_LEVELS = ("turn", "token")
 
 

@@ -63,9 +63,9 @@ def make_score_fns(run: Any) -> dict:
 
 def score(run: Any, state: ppo.TrainState, ref_params: Any, batch: dict, fns: dict
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """With `fns` from `make_score_fns(run)`: log-probs of the round's tokens under the current policy (π_θold) and the reference ρ, and the
-  values at each turn's last prompt token: host arrays `[B, L]`, `[B, L]`, `[B, T]` (with
-  `rl.value_level = "token"` the values are per response token, `[B, L]`).
+  """With `fns` from `make_score_fns(run)`: log-probs of the round's tokens under the current policy
+  (π_θold) and the reference ρ, and the values at each turn's last prompt token: host arrays `[B, L]`,
+  `[B, L]`, `[B, T]` (with `rl.value_level = "token"` the values are per response token, `[B, L]`).
 
   With n = `score_batch_size(...)` below B the episodes are scored n at a time in order of length,
   each pass padded only to its own longest episode (rounded up to 64 tokens): less padding to
