@@ -8,7 +8,9 @@ The config gives the model (preset, dtypes, remat, scan_layers, attention), the 
 `XLA_FLAGS=--xla_force_host_platform_device_count=N` for N CPU devices). The train state is the
 trainer's (`train_state.fresh` from random policy params: policy, value model, both AdamW states)
 and the step is `ppo.make_update_step`, donating the state, on a minibatch of `--batch` episodes of
-`--length` tokens (three turns, the policy's tokens the last three quarters of each). After one
+`--length` tokens (three turns, the policy's tokens the last three quarters of each; with `--min_end`
+episodes of random lengths, padded: `--set rl.update_bucket_tokens=64` then shows the length-bucketed
+update's gain). After one
 warm-up call (compilation excluded) it times `--steps` updates and reports
 
 * s/step and tokens/s (batch × length per step),
@@ -44,25 +46,34 @@ from rlef_jax import sharding  # noqa: E402
 from rlef_jax import train_state  # noqa: E402
 
 
-def minibatch(config, batch: int, length: int, vocab: int, rng: np.random.Generator) -> dict:
+def minibatch(config, batch: int, length: int, vocab: int, rng: np.random.Generator,
+              min_end: int = 0) -> dict:
   """A minibatch in the update's format: three turns of equal length, each a prompt quarter and a
-  policy three quarters, random tokens, log-probs and advantages."""
+  policy three quarters, random tokens, log-probs and advantages. With `min_end` each episode ends at
+  a uniform random position in [min_end, length] (its turns laid out in that span, the rest padding),
+  like a round of episodes of different lengths padded to the longest."""
   turns = config.env.max_turns
-  span = length // turns
-  turn_id = np.minimum(np.arange(length) // span, turns - 1).astype(np.int32)
-  sampled = (np.arange(length) % span) >= span // 4
-  value_index = np.array([min((t + 1) * span, length) - 1 for t in range(turns)], np.int32)
-  tile = lambda row, dtype: np.tile(np.asarray(row, dtype)[None], (batch, 1))
+  ends = rng.integers(min_end, length + 1, size=batch) if min_end else np.full(batch, length)
+  policy_mask = np.zeros((batch, length), np.float32)
+  turn_id = np.full((batch, length), -1, np.int32)
+  value_index = np.zeros((batch, turns), np.int32)
+  for b, end in enumerate(ends):
+    span = end // turns
+    for t in range(turns):
+      lo, hi = t * span, (t + 1) * span if t < turns - 1 else end
+      policy_mask[b, lo + span // 4:hi] = 1
+      turn_id[b, lo + span // 4:hi] = t
+      value_index[b, t] = lo + span // 4 - 1
   return {
       "tokens_BxL": rng.integers(3, vocab, size=(batch, length)).astype(np.int32),
-      "policy_mask_BxL": tile(sampled, np.float32),
-      "turn_id_BxL": tile(turn_id, np.int32),
-      "behaviour_logp_BxL": tile(-np.ones(length), np.float32) * sampled,
-      "old_logp_BxL": tile(-np.ones(length), np.float32) * sampled,
+      "policy_mask_BxL": policy_mask,
+      "turn_id_BxL": turn_id,
+      "behaviour_logp_BxL": -policy_mask,
+      "old_logp_BxL": -policy_mask,
       "advantages_BxT": rng.choice([-1.0, 1.0], size=(batch, turns)).astype(np.float32),
       "returns_BxT": rng.choice([-1.0, 1.0], size=(batch, turns)).astype(np.float32),
       "old_values_BxT": np.zeros((batch, turns), np.float32),
-      "value_index_BxT": tile(value_index, np.int32),
+      "value_index_BxT": value_index,
       "turn_mask_BxT": np.ones((batch, turns), np.float32),
   }
 
@@ -75,6 +86,8 @@ def main(argv=None) -> None:
   ap.add_argument("--batch", type=int, default=0, help="episodes per update (default rl.minibatch_size)")
   ap.add_argument("--length", type=int, default=0,
                   help="tokens per episode (default sampling.max_context_length)")
+  ap.add_argument("--min_end", type=int, default=0,
+                  help="episodes end at uniform random positions in [min_end, length] (0: all full)")
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--peak_gflops", type=float, default=None, help="per device; measured if not given")
   ap.add_argument("--json", action="store_true")
@@ -97,8 +110,12 @@ def main(argv=None) -> None:
   n_value = sum(x.size for x in jax.tree.leaves(state.value_params))
   update = ppo.make_update_step(s.policy_model, s.value_model, s.policy_opt, s.value_opt,
                                 ppo.PPOSettings.from_config(config.rl),
-                                mesh=s.mesh, num_microbatches=config.rl.num_microbatches)
-  batch = sharding.shard_batch(s.mesh, minibatch(config, B, L, cfg.vocab_size, np.random.default_rng(0)))
+                                mesh=s.mesh, num_microbatches=config.rl.num_microbatches,
+                                bucket_tokens=config.rl.update_bucket_tokens)
+  host_batch = minibatch(config, B, L, cfg.vocab_size, np.random.default_rng(0), args.min_end)
+  ends = L - np.argmax(host_batch["policy_mask_BxL"][:, ::-1] > 0, axis=1)  # after the last policy token
+  padding = 1 - float(np.sum(ends)) / (B * L)
+  batch = sharding.shard_batch(s.mesh, host_batch)
 
   t = time.perf_counter()
   state, metrics = update(state, batch)
@@ -120,7 +137,8 @@ def main(argv=None) -> None:
          "policy_params": n_policy, "value_params": n_value, "batch": B, "length": L,
          "dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "remat": cfg.remat,
          "scan_layers": cfg.scan_layers, "attention": cfg.attention,
-         "num_microbatches": config.rl.num_microbatches, "compile_s": compile_s, "step_s": step_s,
+         "num_microbatches": config.rl.num_microbatches,
+         "update_bucket_tokens": config.rl.update_bucket_tokens, "padding_fraction": padding, "compile_s": compile_s, "step_s": step_s,
          "tokens_s": tokens / step_s, "peak_gflops_total": peak,
          "mfu": model_flops / step_s / (peak * 1e9),
          "mfu_with_attention": (model_flops + attention_flops) / step_s / (peak * 1e9),
@@ -129,7 +147,8 @@ def main(argv=None) -> None:
         f"{peak:.0f} GFLOP/s in all ({'given' if args.peak_gflops else 'measured matmul'})")
   print(f"{args.config} {' '.join(args.set)}: policy {n_policy / 1e6:.1f}M + value {n_value / 1e6:.1f}M "
         f"params, dtype {cfg.dtype}, params {cfg.param_dtype}, remat {cfg.remat}, scan {cfg.scan_layers}, "
-        f"attention {cfg.attention}; {B} x {L} tokens, {config.rl.num_microbatches} microbatches")
+        f"attention {cfg.attention}; {B} x {L} tokens ({padding:.0%} padding), "
+        f"{config.rl.num_microbatches} microbatches, length buckets {config.rl.update_bucket_tokens or 'off'}")
   print(f"update: {step_s:.3f} s/step (median of {args.steps}; compile {compile_s:.1f} s), "
         f"{row['tokens_s']:.0f} tokens/s, MFU {row['mfu']:.1%} (with attention {row['mfu_with_attention']:.1%})"
         f"{'' if row['finite'] else '; policy loss not finite'}")

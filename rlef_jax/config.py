@@ -141,6 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
   r.minibatch_size = 256  # sequences per optimizer update (paper App. A.1)
   r.updates_per_round = 4  # optimizer updates per round (paper App. A.1)
   r.num_microbatches = 1  # [U] our choice: each update's minibatch is processed in this many chunks whose gradients are summed (same result, less activation and logits memory); -k = k episodes per data-parallel shard per chunk (minibatch_size / (k * mesh.data * mesh.fsdp) chunks: the same activation memory on any number of devices; -1: one episode)
+  r.update_bucket_tokens = 0  # [U] our choice: > 0 = length-bucketed update microbatches: the minibatch's episodes sorted by length, cut into the num_microbatches chunks, each chunk run only to its longest episode rounded up to this many tokens (one compiled gradient call per width; the same update up to float rounding, less compute on padding); 0 = every chunk at the minibatch's padded length, in one jitted scan
   r.logprob_chunk = 0  # [U] our choice: token log-probs (scoring and the policy loss) computed this many positions at a time under jax.checkpoint, never the full B x L x vocabulary logits; 0 = all at once
   r.score_batch_size = 0  # [U] our choice: episodes per forward pass when a round is scored (old and reference log-probs, values), sorted by length so each pass is padded to its own longest episode; 0 = the whole round in one pass; -1 = one episode per data-parallel shard (mesh.data * mesh.fsdp a pass)
   r.reference_dtype = "float32"  # [U] our choice: dtype the frozen reference policy's params are kept in ("float32" | "bfloat16"); it only runs forward passes in model.dtype, so with model.dtype "bfloat16" a bfloat16 copy gives the same log-probs in half the memory
@@ -248,7 +249,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sampling.max_concurrent_episodes": _ge(0), "sampling.prefill_chunk": _ge(0),
     # The PPO fields (kl_coef, clip_eps, ...) are checked by ppo.PPOSettings, in validate().
     "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
-    "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(-1),
+    "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(-1), "rl.update_bucket_tokens": _ge(0),
     "rl.num_microbatches": ((lambda v: v != 0), ">= 1, or -k for k episodes per data-parallel shard per chunk"),
     "rl.reference_dtype": _DTYPE,
     "optim.lr": _gt(0), "optim.value_lr": _gt(0), "optim.weight_decay": _ge(0),

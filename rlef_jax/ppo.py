@@ -11,7 +11,9 @@ and the separate value network (`model.LlamaValue`, same backbone, fresh scalar 
 * `make_update_step`: one jitted, donated, optionally sharded optimizer step of both networks on a
   minibatch (the trainer runs `rl.updates_per_round` of them per collection round); its pieces
   `make_update_fn` (the pure step) and `jit_sharded_update` (its sharded jit) are public so that the
-  step can be lowered and compiled on abstract inputs (benchmarks/fit.py).
+  step can be lowered and compiled on abstract inputs (benchmarks/fit.py);
+  `make_bucketed_update_step`, the same step with length-bucketed microbatches
+  (`rl.update_bucket_tokens`): each row chunk runs only to its own longest episode.
 
 Shape letters: B episodes, L tokens, T turns, V vocabulary, M microbatches.
 """
@@ -19,6 +21,7 @@ Shape letters: B episodes, L tokens, T turns, V vocabulary, M microbatches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Optional
 
@@ -26,8 +29,10 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from rlef_jax import distributed
 from rlef_jax import logprobs as logprobs_lib
 from rlef_jax import losses
 
@@ -343,6 +348,45 @@ def microbatch_count(minibatch_size: int, num_microbatches: int,
   return minibatch_size // split
 
 
+def _derived_minibatch(batch: dict[str, jax.Array], s: PPOSettings):
+  """The minibatch plus its loss weights over the whole minibatch (so that chunk sums equal one pass),
+  per-token advantages, and the (returns, mask) the explained variance compares the values with."""
+  T = batch["turn_mask_BxT"].shape[1]
+  derived = dict(batch)
+  derived["token_weights_BxL"] = losses.token_weights_BxL(
+      batch["policy_mask_BxL"], batch["turn_id_BxL"], T, s.loss_aggregation)
+  derived["turn_weights_BxT"] = losses.turn_weights_BxT(batch["turn_mask_BxT"])
+  if s.value_level == "token":
+    returns, value_mask = (losses.broadcast_to_tokens_BxL(batch["returns_BxT"], batch["turn_id_BxL"]),
+                           batch["turn_id_BxL"] >= 0)
+  else:
+    derived["advantages_BxL"] = losses.broadcast_to_tokens_BxL(batch["advantages_BxT"],
+                                                               batch["turn_id_BxL"])
+    returns, value_mask = batch["returns_BxT"], batch["turn_mask_BxT"]
+  return derived, returns, value_mask
+
+
+def _apply_grads(state: TrainState, policy_opt: optax.GradientTransformation,
+                 value_opt: optax.GradientTransformation, sums: tuple, values, returns, value_mask
+                 ) -> tuple[TrainState, dict]:
+  """One AdamW step of both networks from the minibatch's summed `((p_loss, p_metrics), p_grads,
+  (v_loss, v_metrics), v_grads)`, and the update's metrics."""
+  (p_loss, p_metrics), p_grads, (v_loss, v_metrics), v_grads = sums
+  p_updates, p_opt = policy_opt.update(p_grads, state.policy_opt_state, state.policy_params)
+  v_updates, v_opt = value_opt.update(v_grads, state.value_opt_state, state.value_params)
+  new_state = state.replace(
+      policy_params=optax.apply_updates(state.policy_params, p_updates),
+      value_params=optax.apply_updates(state.value_params, v_updates),
+      policy_opt_state=p_opt, value_opt_state=v_opt, step=state.step + 1)
+  metrics = {"policy_loss": p_loss, "value_loss": v_loss,
+             "policy_grad_norm": optax.global_norm(p_grads),
+             "value_grad_norm": optax.global_norm(v_grads),
+             "explained_variance": losses.explained_variance(values, returns, value_mask),
+             **{f"pg_{k}": v for k, v in p_metrics.items()},
+             **{f"vf_{k}": v for k, v in v_metrics.items()}}
+  return new_state, metrics
+
+
 def make_update_fn(policy_model: nn.Module, value_model: nn.Module,
                    policy_opt: optax.GradientTransformation, value_opt: optax.GradientTransformation,
                    settings: PPOSettings, mesh: Optional[jax.sharding.Mesh] = None,
@@ -358,41 +402,106 @@ def make_update_fn(policy_model: nn.Module, value_model: nn.Module,
   value_grad = jax.value_and_grad(_value_loss_fn(value_model, s), has_aux=True)
 
   def update(state: TrainState, batch: dict[str, jax.Array]):
-    B, T = batch["turn_mask_BxT"].shape
-    M = microbatch_count(B, num_microbatches, mesh)
-    derived = dict(batch)
-    derived["token_weights_BxL"] = losses.token_weights_BxL(
-        batch["policy_mask_BxL"], batch["turn_id_BxL"], T, s.loss_aggregation)
-    derived["turn_weights_BxT"] = losses.turn_weights_BxT(batch["turn_mask_BxT"])
-    if s.value_level == "token":
-      returns, value_mask = (losses.broadcast_to_tokens_BxL(batch["returns_BxT"], batch["turn_id_BxL"]),
-                             batch["turn_id_BxL"] >= 0)
-    else:
-      derived["advantages_BxL"] = losses.broadcast_to_tokens_BxL(batch["advantages_BxT"],
-                                                                 batch["turn_id_BxL"])
-      returns, value_mask = batch["returns_BxT"], batch["turn_mask_BxT"]
+    M = microbatch_count(batch["turn_mask_BxT"].shape[0], num_microbatches, mesh)
+    derived, returns, value_mask = _derived_minibatch(batch, s)
     micro = split_microbatches(derived, M)
-
-    (p_loss, p_metrics), p_grads = accumulate_grads(policy_grad, state.policy_params, micro, M)[0]
+    p_sums, p_grads = accumulate_grads(policy_grad, state.policy_params, micro, M)[0]
     ((v_loss, (v_metrics, _)), v_grads), (_, stacked_values) = accumulate_grads(
         value_grad, state.value_params, micro, M)
     values = stacked_values.reshape(returns.shape)
-
-    p_updates, p_opt = policy_opt.update(p_grads, state.policy_opt_state, state.policy_params)
-    v_updates, v_opt = value_opt.update(v_grads, state.value_opt_state, state.value_params)
-    new_state = state.replace(
-        policy_params=optax.apply_updates(state.policy_params, p_updates),
-        value_params=optax.apply_updates(state.value_params, v_updates),
-        policy_opt_state=p_opt, value_opt_state=v_opt, step=state.step + 1)
-    metrics = {"policy_loss": p_loss, "value_loss": v_loss,
-               "policy_grad_norm": optax.global_norm(p_grads),
-               "value_grad_norm": optax.global_norm(v_grads),
-               "explained_variance": losses.explained_variance(values, returns, value_mask),
-               **{f"pg_{k}": v for k, v in p_metrics.items()},
-               **{f"vf_{k}": v for k, v in v_metrics.items()}}
-    return new_state, metrics
+    return _apply_grads(state, policy_opt, value_opt, (p_sums, p_grads, (v_loss, v_metrics), v_grads),
+                        values, returns, value_mask)
 
   return update
+
+
+def chunk_order_and_widths(policy_mask_BxL: np.ndarray, rows_per_chunk: int, bucket_tokens: int
+                            ) -> tuple[np.ndarray, list[int]]:
+  """Length-bucketed microbatches: the minibatch's rows sorted by where their last response token ends,
+  and each chunk's width — the longest end among its `rows_per_chunk` rows rounded up to a multiple of
+  `bucket_tokens` (at most L). Columns past that width are padding for every row of the chunk: no loss
+  term reads them (the policy's log-prob of token p comes from position p - 1, the values from
+  positions before each response) and, the model being causal, they change nothing before them."""
+  mask_BxL = np.asarray(policy_mask_BxL) > 0
+  B, L = mask_BxL.shape
+  end_B = np.where(mask_BxL.any(axis=1), L - np.argmax(mask_BxL[:, ::-1], axis=1), 1)
+  order = np.argsort(end_B, kind="stable")
+  widths = [min(L, -(-int(end_B[order[i:i + rows_per_chunk]].max()) // bucket_tokens) * bucket_tokens)
+            for i in range(0, B, rows_per_chunk)]
+  return order.astype(np.int32), widths
+
+
+def make_bucketed_update_step(policy_model: nn.Module, value_model: nn.Module,
+                              policy_opt: optax.GradientTransformation,
+                              value_opt: optax.GradientTransformation, settings: PPOSettings,
+                              mesh: Optional[jax.sharding.Mesh] = None, num_microbatches: int = 1,
+                              bucket_tokens: int = 64
+                              ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
+  """`make_update_step` with length-bucketed microbatches (`rl.update_bucket_tokens`): the minibatch's
+  rows are sorted by length, cut into the same chunks of B / M rows, and each chunk runs only to its
+  own width (`chunk_order_and_widths`) instead of the minibatch's padded length. The same update up to
+  float rounding (the gradient sums run in another order); less compute when lengths differ (the tiny
+  rounds are ~30-50% padding). One jitted gradient call per chunk, compiled once per width, then one
+  jitted optimizer step; the state is donated. With a `mesh` (one process) the state keeps its
+  shardings and the minibatch is sharded over the data axes, as in `make_update_step`."""
+  s = _settings(settings)
+  if bucket_tokens < 1:
+    raise ValueError(f"bucket_tokens must be >= 1, got {bucket_tokens}")
+  policy_grad = jax.value_and_grad(_policy_loss_fn(policy_model, s), has_aux=True)
+  value_grad = jax.value_and_grad(_value_loss_fn(value_model, s), has_aux=True)
+  keys = minibatch_keys(s)
+  derive = jax.jit(lambda batch: _derived_minibatch(batch, s))
+
+  @functools.partial(jax.jit, static_argnames="width", donate_argnums=2)
+  def chunk(policy_params, value_params, sums, derived, rows, width):
+    mb = {k: (v[rows, :width] if k.endswith("BxL") else v[rows]) for k, v in derived.items()}
+    p_out, p_grads = policy_grad(policy_params, mb)
+    (v_loss, (v_metrics, values)), v_grads = value_grad(value_params, mb)
+    out = (p_out, p_grads, (v_loss, v_metrics), v_grads)
+    if values.ndim == 2 and s.value_level == "token":  # per token: back to the minibatch's length
+      values = jnp.pad(values, ((0, 0), (0, derived["tokens_BxL"].shape[1] - width)))
+    return (out if sums is None else jax.tree.map(jnp.add, sums, out)), values
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def finish(state, sums, values, order, returns, value_mask):
+    return _apply_grads(state, policy_opt, value_opt, sums, jnp.concatenate(values),
+                        returns[order], value_mask[order])
+
+  def step(state, batch, place=lambda rows: rows):
+    batch = _check_minibatch(batch, max(num_microbatches, 1), keys)
+    B = batch["tokens_BxL"].shape[0]
+    rows = B // microbatch_count(B, num_microbatches, mesh)
+    order, widths = chunk_order_and_widths(distributed.to_host(batch["policy_mask_BxL"]), rows,
+                                           bucket_tokens)
+    derived, returns, value_mask = derive(batch)
+    sums, values = None, []
+    for i, width in enumerate(widths):
+      sums, v = chunk(state.policy_params, state.value_params, sums, derived,
+                      place(order[i * rows:(i + 1) * rows]), width=width)
+      values.append(v)
+    return finish(state, sums, values, place(order), returns, value_mask)
+
+  if mesh is None:
+    return step
+
+  from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  def run_sharded(state, batch):
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch["tokens_BxL"].shape[0] % split:
+      raise ValueError(f"minibatch size {batch['tokens_BxL'].shape[0]} must be a multiple of the "
+                       f"mesh's data × fsdp = {split}")
+    named = lambda x: isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
+    state = jax.device_put(state, jax.tree.map(
+        lambda x: x.sharding if named(x) else sharding.replicated(mesh), state))
+    # Host arrays go on the data axes; arrays already placed (global ones with several processes) stay.
+    batch = {k: v if isinstance(v, jax.Array) else jax.device_put(v, sharding.data_sharding(mesh, v.ndim))
+             for k, v in batch.items()}
+    replicated = sharding.replicated(mesh)
+    with sharding.use_mesh(mesh):  # row indices: the same on every process, replicated
+      return step(state, batch, place=lambda rows: distributed.from_host(rows, replicated))
+
+  return run_sharded
 
 
 def jit_sharded_update(update: Callable, state_shardings: Any, batch_shardings: Any) -> Callable:
@@ -405,7 +514,7 @@ def jit_sharded_update(update: Callable, state_shardings: Any, batch_shardings: 
 def make_update_step(policy_model: nn.Module, value_model: nn.Module,
                      policy_opt: optax.GradientTransformation, value_opt: optax.GradientTransformation,
                      settings: PPOSettings, mesh: Optional[jax.sharding.Mesh] = None,
-                     num_microbatches: int = 1
+                     num_microbatches: int = 1, bucket_tokens: int = 0
                      ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
   """`update(state, minibatch) -> (state, metrics)`: one AdamW step of policy and value (paper §3).
 
@@ -413,8 +522,12 @@ def make_update_step(policy_model: nn.Module, value_model: nn.Module,
   are summed (negative: -k, k episodes per data-parallel shard each, `microbatch_count`); loss weights are computed
   over the whole minibatch first, so the result equals one pass over all B rows. The state is donated.
   With a `mesh`, the update is traced under the logical-axis rules (activations constrained), the
-  state keeps the shardings it arrives with and the batch is sharded over the data axes.
+  state keeps the shardings it arrives with and the batch is sharded over the data axes. With
+  `bucket_tokens` > 0 the chunks are length-bucketed (`make_bucketed_update_step`).
   """
+  if bucket_tokens:
+    return make_bucketed_update_step(policy_model, value_model, policy_opt, value_opt, settings, mesh,
+                                     num_microbatches, bucket_tokens)
   update = make_update_fn(policy_model, value_model, policy_opt, value_opt, settings, mesh,
                           num_microbatches)
   check_size = max(num_microbatches, 1)  # a negative count is checked by `microbatch_count`

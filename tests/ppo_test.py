@@ -367,3 +367,54 @@ def test_token_level_update_losses_equal_hand_computation_and_microbatches_agree
   assert metrics["value_grad_norm"] > 1e-3 and metrics["policy_grad_norm"] > 1e-3
   with pytest.raises(ValueError, match="advantages_BxL"):  # a turn-level minibatch is refused
     ppo.make_update_step(POLICY, VALUE, *SGD, settings)(_state(nets, SGD), _minibatch(nets))
+
+
+def test_chunk_order_and_widths_by_hand():
+  """Rows sorted by the end of their last response token; each chunk's width is its longest end
+  rounded up to the bucket, at most L; a row without response tokens ends at 1."""
+  mask = np.zeros((4, 10), np.float32)
+  mask[0, 3:5] = 1    # ends at 5
+  mask[1, 2:12 - 2] = 1  # ends at 10 (= L)
+  mask[3, 6] = 1      # ends at 7
+  order, widths = ppo.chunk_order_and_widths(mask, rows_per_chunk=2, bucket_tokens=4)
+  np.testing.assert_array_equal(order, [2, 0, 3, 1])
+  assert widths == [8, 10]  # max(1, 5) -> 8; max(7, 10) -> 12, capped at L = 10
+  order, widths = ppo.chunk_order_and_widths(mask, rows_per_chunk=1, bucket_tokens=1)
+  assert widths == [1, 5, 7, 10]
+
+
+@pytest.mark.parametrize("value_level", ["turn", "token"])
+def test_length_bucketed_update_equals_one_pass(nets, value_level):
+  """rl.update_bucket_tokens: chunks of length-sorted rows, each run to its own width, give the
+  one-pass update (same parameters and metrics, up to float rounding)."""
+  batch = _minibatch(nets, seed=7, value_level=value_level)
+  settings = _rl(loss_aggregation="turn_mean", value_level=value_level)
+  _, widths = ppo.chunk_order_and_widths(batch["policy_mask_BxL"], 1, 4)
+  assert min(widths) < L  # the batch really has chunks shorter than the padded length
+  want = jax.device_get(ppo.make_update_step(POLICY, VALUE, *SGD, settings)(_state(nets, SGD), batch))
+  for m in (ppo.PER_SHARD, -2):
+    got = jax.device_get(ppo.make_update_step(POLICY, VALUE, *SGD, settings, num_microbatches=m,
+                                              bucket_tokens=4)(_state(nets, SGD), batch))
+    assert set(got[1]) == set(want[1])
+    for a, b in zip(jax.tree.leaves((want[0].policy_params, want[0].value_params, want[1])),
+                    jax.tree.leaves((got[0].policy_params, got[0].value_params, got[1]))):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert int(got[0].step) == 1
+
+
+def test_length_bucketed_update_on_a_mesh_equals_unsharded(nets, sgd_update):
+  batch = _minibatch(nets, seed=8)
+  want_state, want_metrics = jax.device_get(sgd_update(_state(nets, SGD), batch))
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  p_shard = sharding.param_shardings(POLICY, mesh, nets[0])
+  state = _state(nets, SGD)
+  state = state.replace(policy_params=sharding.shard_params(state.policy_params, p_shard))
+  update = ppo.make_update_step(POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"), mesh=mesh,
+                                num_microbatches=ppo.PER_SHARD, bucket_tokens=4)
+  got_state, got_metrics = update(state, batch)
+  leaf = jax.tree.leaves(got_state.policy_params)[0]
+  assert leaf.sharding.is_equivalent_to(jax.tree.leaves(p_shard)[0], leaf.ndim)
+  for a, b in zip(jax.tree.leaves(jax.device_get((got_state.policy_params, got_state.value_params,
+                                                  got_metrics))),
+                  jax.tree.leaves((want_state.policy_params, want_state.value_params, want_metrics))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -95,7 +95,8 @@ def round_part(out: str, data_dir: str) -> None:
     fns = round_batch.make_score_fns(run)
     batch, round_metrics = round_batch.make_round_batch(run, state, ref_params, records, fns)
     update = ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt,
-                                  run.ppo_settings, mesh=run.mesh)
+                                  run.ppo_settings, mesh=run.mesh,
+                                  bucket_tokens=config.rl.update_bucket_tokens)  # configs/tiny.py: 64
     minibatch = {k: round_batch.to_device(run, batch[k]) for k in ppo.minibatch_keys(run.ppo_settings)}
     state, update_metrics = update(state, minibatch)
     params = multihost_utils.process_allgather(state.policy_params, tiled=True)
