@@ -383,23 +383,24 @@ def test_chunk_order_and_widths_by_hand():
   assert widths == [1, 5, 7, 10]
 
 
-@pytest.mark.parametrize("value_level", ["turn", "token"])
-def test_length_bucketed_update_equals_one_pass(nets, value_level):
+@pytest.mark.parametrize("value_level,num_microbatches", [("turn", ppo.PER_SHARD), ("token", -2)])
+def test_length_bucketed_update_equals_one_pass(nets, sgd_update, value_level, num_microbatches):
   """rl.update_bucket_tokens: chunks of length-sorted rows, each run to its own width, give the
   one-pass update (same parameters and metrics, up to float rounding)."""
   batch = _minibatch(nets, seed=7, value_level=value_level)
   settings = _rl(loss_aggregation="turn_mean", value_level=value_level)
-  _, widths = ppo.chunk_order_and_widths(batch["policy_mask_BxL"], 1, 4)
+  rows = B // ppo.microbatch_count(B, num_microbatches)
+  _, widths = ppo.chunk_order_and_widths(batch["policy_mask_BxL"], rows, 8)
   assert min(widths) < L  # the batch really has chunks shorter than the padded length
-  want = jax.device_get(ppo.make_update_step(POLICY, VALUE, *SGD, settings)(_state(nets, SGD), batch))
-  for m in (ppo.PER_SHARD, -2):
-    got = jax.device_get(ppo.make_update_step(POLICY, VALUE, *SGD, settings, num_microbatches=m,
-                                              bucket_tokens=4)(_state(nets, SGD), batch))
-    assert set(got[1]) == set(want[1])
-    for a, b in zip(jax.tree.leaves((want[0].policy_params, want[0].value_params, want[1])),
-                    jax.tree.leaves((got[0].policy_params, got[0].value_params, got[1]))):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert int(got[0].step) == 1
+  one_pass = sgd_update if value_level == "turn" else ppo.make_update_step(POLICY, VALUE, *SGD, settings)
+  want = jax.device_get(one_pass(_state(nets, SGD), batch))
+  got = jax.device_get(ppo.make_update_step(POLICY, VALUE, *SGD, settings, num_microbatches=num_microbatches,
+                                            bucket_tokens=8)(_state(nets, SGD), batch))
+  assert set(got[1]) == set(want[1])
+  for a, b in zip(jax.tree.leaves((want[0].policy_params, want[0].value_params, want[1])),
+                  jax.tree.leaves((got[0].policy_params, got[0].value_params, got[1]))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert int(got[0].step) == 1
 
 
 def test_length_bucketed_update_on_a_mesh_equals_unsharded(nets, sgd_update):
@@ -410,7 +411,7 @@ def test_length_bucketed_update_on_a_mesh_equals_unsharded(nets, sgd_update):
   state = _state(nets, SGD)
   state = state.replace(policy_params=sharding.shard_params(state.policy_params, p_shard))
   update = ppo.make_update_step(POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"), mesh=mesh,
-                                num_microbatches=ppo.PER_SHARD, bucket_tokens=4)
+                                num_microbatches=ppo.PER_SHARD, bucket_tokens=8)
   got_state, got_metrics = update(state, batch)
   leaf = jax.tree.leaves(got_state.policy_params)[0]
   assert leaf.sharding.is_equivalent_to(jax.tree.leaves(p_shard)[0], leaf.ndim)
