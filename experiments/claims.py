@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "notebooks"))
 import ablations  # noqa: E402  (experiments/notebooks/ablations.py; puts the checkout on sys.path)
-from rlef_jax.report import BEFORE_CHECKPOINTS  # noqa: E402
+from rlef_jax.report_records import BEFORE_CHECKPOINTS  # noqa: E402
 
 RLEF = "RLEF"
 BLIND = "RL without feedback"

@@ -442,8 +442,9 @@ def make_bucketed_update_step(policy_model: nn.Module, value_model: nn.Module,
   own width (`chunk_order_and_widths`) instead of the minibatch's padded length. The same update up to
   float rounding (the gradient sums run in another order); less compute when lengths differ (the tiny
   rounds are ~30-50% padding). One jitted gradient call per chunk, compiled once per width, then one
-  jitted optimizer step; the state is donated. With a `mesh` (one process) the state keeps its
-  shardings and the minibatch is sharded over the data axes, as in `make_update_step`."""
+  jitted optimizer step; the state is donated. With a `mesh` the state keeps its shardings and the
+  minibatch is sharded over the data axes, as in `make_update_step` (also over several processes:
+  every process computes the same chunks from the gathered minibatch)."""
   s = _settings(settings)
   if bucket_tokens < 1:
     raise ValueError(f"bucket_tokens must be >= 1, got {bucket_tokens}")
@@ -458,7 +459,7 @@ def make_bucketed_update_step(policy_model: nn.Module, value_model: nn.Module,
     p_out, p_grads = policy_grad(policy_params, mb)
     (v_loss, (v_metrics, values)), v_grads = value_grad(value_params, mb)
     out = (p_out, p_grads, (v_loss, v_metrics), v_grads)
-    if values.ndim == 2 and s.value_level == "token":  # per token: back to the minibatch's length
+    if s.value_level == "token":  # per token: back to the minibatch's length
       values = jnp.pad(values, ((0, 0), (0, derived["tokens_BxL"].shape[1] - width)))
     return (out if sums is None else jax.tree.map(jnp.add, sums, out)), values
 

@@ -15,11 +15,12 @@ from PIL import Image
 
 from rlef_jax import estimators as est
 from rlef_jax import report
+from rlef_jax import report_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEGACY = os.path.join(ROOT, "tests", "fixtures", "report", "legacy_workdir")
 T, F = True, False
-OPTS = report.Options()
+OPTS = report_records.Options()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def md_header(markdown, title):
 
 
 def build(*paths, opts=OPTS):
-  workdirs = [report.load_workdir(p, l) for p, l in zip(paths, report.workdir_labels(paths))]
+  workdirs = [report_records.load_workdir(p, l) for p, l in zip(paths, report_records.workdir_labels(paths))]
   return report.build_report(workdirs, opts)
 
 
@@ -216,12 +217,12 @@ def test_tables_hold_the_numbers_computed_independently(rlef_workdir):
 
 
 def test_interval_options(rlef_workdir):
-  _, data, _ = build(rlef_workdir, opts=report.Options(resamples=50, seed=3))
+  _, data, _ = build(rlef_workdir, opts=report_records.Options(resamples=50, seed=3))
   cells = {(c["phase"], c["column"], c["metric"]): c for c in data["tables"]["table1_n_at_k"]}
   rl_mt = [mean_solved(s) for s in RL_MT.values()]
   c = cells[("after RL (step 8)", "synthetic/test", "MT 1@3")]
   assert c["ci95"] == pytest.approx(list(interval(rl_mt, resamples=50, seed=3)), abs=1e-12)
-  markdown, data, _ = build(rlef_workdir, opts=report.Options(unit="samples"))
+  markdown, data, _ = build(rlef_workdir, opts=report_records.Options(unit="samples"))
   assert "each problem's samples resampled, problems fixed" in markdown
   cells = {(c["phase"], c["column"], c["metric"]): c for c in data["tables"]["table1_n_at_k"]}
   c = cells[("after RL (step 8)", "synthetic/test", "MT 1@3")]
@@ -302,7 +303,7 @@ def test_legacy_records_infer_what_names_carry_and_fall_back_to_summaries(tmp_pa
     ("custom", {}),
 ])
 def test_names_metadata(name, expected):
-  assert report.names_metadata(name) == expected
+  assert report_records.names_metadata(name) == expected
 
 
 # --------------------------------------------------------------------------------------------------
@@ -464,9 +465,9 @@ def test_command_exit_codes(tmp_path):
 def test_labels_and_default_output(tmp_path, rlef_workdir, capsys):
   other = tmp_path / "x" / "rlef"
   shutil.copytree(rlef_workdir, other)
-  assert report.workdir_labels([rlef_workdir, str(other)]) == [os.path.normpath(rlef_workdir),
+  assert report_records.workdir_labels([rlef_workdir, str(other)]) == [os.path.normpath(rlef_workdir),
                                                                 os.path.normpath(other)]
-  assert report.workdir_labels(["a/b/", "c"]) == ["b", "c"]
+  assert report_records.workdir_labels(["a/b/", "c"]) == ["b", "c"]
   code = report.main([rlef_workdir, LEGACY, "--label", "RLEF", "--label", "old"])
   assert code == 0
   out = capsys.readouterr().out
