@@ -54,6 +54,15 @@ def _dedupe_by(records: Iterable[Record], key: Callable[[Record], Any]) -> list[
   return [best[k] for k in sorted(best, key=str)]
 
 
+def _rate_axes(ax, title: str, xlabel: str, ylabel: str, **title_kw) -> None:
+  """Title, axis labels, a 0-1 rate axis and the legend of one panel."""
+  ax.set_title(title, **title_kw)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_ylim(-0.02, 1.02)
+  ax.legend(fontsize="small")
+
+
 def plot_training(workdirs: Sequence[Workdir], opts: Options):
   """(a) MT 1@3 of the standard evaluations over training updates (bands: 95% intervals), and the
   training rounds' solve rate (`solve/private` of metrics.jsonl); one panel per workdir."""
@@ -79,11 +88,7 @@ def plot_training(workdirs: Sequence[Workdir], opts: Options):
     if train:
       ax.plot([s for s, _ in train], [v for _, v in train], color="black", alpha=0.6, linewidth=1,
               label=f"train {TRAIN_SOLVE_KEY}")
-    ax.set_title(w.label)
-    ax.set_xlabel("training updates")
-    ax.set_ylabel("solve rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize="small")
+    _rate_axes(ax, w.label, "training updates", "solve rate")
   return fig
 
 
@@ -182,11 +187,7 @@ def plot_sample_budget(workdirs: Sequence[Workdir], opts: Options):
               linestyle="-" if name[3:].startswith("1@") else "--", label=name)
     ax.set_xscale("log")
     temp = "" if rec.temperature is None else f", temperature {rec.temperature:g}"
-    ax.set_title(f"{w.label}: {label}{temp}", fontsize="medium")
-    ax.set_xlabel("sample budget k (responses)")
-    ax.set_ylabel("n@k")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize="small")
+    _rate_axes(ax, f"{w.label}: {label}{temp}", "sample budget k (responses)", "n@k", fontsize="medium")
   return fig
 
 
