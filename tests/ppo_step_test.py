@@ -17,8 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_ppo_step_benchmark_reports_the_update_it_ran():
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks", "ppo_step.py"),
-       f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}", "--batch=8", "--length=96", "--steps=2",
-       "--set", "model.scan_layers=True", "--set", "model.remat=True", "--json"],
+       f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}", "--batch=8", "--length=96", "--min_end=40", "--steps=2",
+       "--set", "model.scan_layers=True", "--set", "model.remat=True",
+       "--set", "rl.num_microbatches=-1",  # tiny's -4 needs 32 episodes on the tests' 8 devices
+       "--json"],
       capture_output=True, text=True, timeout=600, check=False)
   assert out.returncode == 0, out.stdout + out.stderr
   row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -27,6 +29,8 @@ def test_ppo_step_benchmark_reports_the_update_it_ran():
   assert (row["batch"], row["length"], row["remat"], row["scan_layers"]) == (8, 96, True, True)
   assert abs(row["tokens_s"] * row["step_s"] - 8 * 96) < 1e-6 * 8 * 96
   assert row["finite"] and 0 < row["mfu"] <= row["mfu_with_attention"] <= 1
+  # Episodes of random lengths in [40, 96], run length-bucketed as configs/tiny.py sets it.
+  assert row["update_bucket_tokens"] == 64 and 0 < row["padding_fraction"] < 1 - 40 / 96
 
 
 def _tiny_model():
