@@ -113,8 +113,7 @@ def main(argv=None) -> None:
                                 mesh=s.mesh, num_microbatches=config.rl.num_microbatches,
                                 bucket_tokens=config.rl.update_bucket_tokens)
   host_batch = minibatch(config, B, L, cfg.vocab_size, np.random.default_rng(0), args.min_end)
-  ends = L - np.argmax(host_batch["policy_mask_BxL"][:, ::-1] > 0, axis=1)  # after the last policy token
-  padding = 1 - float(np.sum(ends)) / (B * L)
+  padding = 1 - float(np.sum(ppo.response_ends_B(host_batch["policy_mask_BxL"]))) / (B * L)
   batch = sharding.shard_batch(s.mesh, host_batch)
 
   t = time.perf_counter()

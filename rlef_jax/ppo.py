@@ -415,6 +415,29 @@ def make_update_fn(policy_model: nn.Module, value_model: nn.Module,
   return update
 
 
+def _check_data_split(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """`batch`, after checking that its rows divide over the mesh's data axes."""
+  split = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch["tokens_BxL"].shape[0] % split:
+    raise ValueError(f"minibatch size {batch['tokens_BxL'].shape[0]} must be a multiple of the "
+                     f"mesh's data × fsdp = {split}")
+  return batch
+
+
+def _state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> Any:
+  """The shardings an update keeps the state on: each leaf's own, replicated where it has none."""
+  from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
+  named = lambda x: isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
+  return jax.tree.map(lambda x: x.sharding if named(x) else sharding.replicated(mesh), state)
+
+
+def response_ends_B(policy_mask_BxL: np.ndarray) -> np.ndarray:
+  """Per row, the position just after its last response token (1 for a row without any)."""
+  mask_BxL = np.asarray(policy_mask_BxL) > 0
+  L = mask_BxL.shape[1]
+  return np.where(mask_BxL.any(axis=1), L - np.argmax(mask_BxL[:, ::-1], axis=1), 1)
+
+
 def chunk_order_and_widths(policy_mask_BxL: np.ndarray, rows_per_chunk: int, bucket_tokens: int
                             ) -> tuple[np.ndarray, list[int]]:
   """Length-bucketed microbatches: the minibatch's rows sorted by where their last response token ends,
@@ -422,9 +445,8 @@ def chunk_order_and_widths(policy_mask_BxL: np.ndarray, rows_per_chunk: int, buc
   `bucket_tokens` (at most L). Columns past that width are padding for every row of the chunk: no loss
   term reads them (the policy's log-prob of token p comes from position p - 1, the values from
   positions before each response) and, the model being causal, they change nothing before them."""
-  mask_BxL = np.asarray(policy_mask_BxL) > 0
-  B, L = mask_BxL.shape
-  end_B = np.where(mask_BxL.any(axis=1), L - np.argmax(mask_BxL[:, ::-1], axis=1), 1)
+  B, L = np.shape(policy_mask_BxL)
+  end_B = response_ends_B(policy_mask_BxL)
   order = np.argsort(end_B, kind="stable")
   widths = [min(L, -(-int(end_B[order[i:i + rows_per_chunk]].max()) // bucket_tokens) * bucket_tokens)
             for i in range(0, B, rows_per_chunk)]
@@ -469,7 +491,6 @@ def make_bucketed_update_step(policy_model: nn.Module, value_model: nn.Module,
                         returns[order], value_mask[order])
 
   def step(state, batch, place=lambda rows: rows):
-    batch = _check_minibatch(batch, max(num_microbatches, 1), keys)
     B = batch["tokens_BxL"].shape[0]
     rows = B // microbatch_count(B, num_microbatches, mesh)
     order, widths = chunk_order_and_widths(distributed.to_host(batch["policy_mask_BxL"]), rows,
@@ -482,19 +503,15 @@ def make_bucketed_update_step(policy_model: nn.Module, value_model: nn.Module,
       values.append(v)
     return finish(state, sums, values, place(order), returns, value_mask)
 
+  check_size = max(num_microbatches, 1)  # a negative count is checked by `microbatch_count`
   if mesh is None:
-    return step
+    return lambda state, batch: step(state, _check_minibatch(batch, check_size, keys))
 
   from rlef_jax import sharding  # pylint: disable=g-import-not-at-top
 
   def run_sharded(state, batch):
-    split = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch["tokens_BxL"].shape[0] % split:
-      raise ValueError(f"minibatch size {batch['tokens_BxL'].shape[0]} must be a multiple of the "
-                       f"mesh's data × fsdp = {split}")
-    named = lambda x: isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
-    state = jax.device_put(state, jax.tree.map(
-        lambda x: x.sharding if named(x) else sharding.replicated(mesh), state))
+    batch = _check_data_split(_check_minibatch(batch, check_size, keys), mesh)
+    state = jax.device_put(state, _state_shardings(state, mesh))
     # Host arrays go on the data axes; arrays already placed (global ones with several processes) stay.
     batch = {k: v if isinstance(v, jax.Array) else jax.device_put(v, sharding.data_sharding(mesh, v.ndim))
              for k, v in batch.items()}
@@ -545,16 +562,10 @@ def make_update_step(policy_model: nn.Module, value_model: nn.Module,
   compiled: dict[Any, Callable] = {}
 
   def run_sharded(state, batch):
-    batch = _check_minibatch(batch, check_size, keys)
-    split = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch["tokens_BxL"].shape[0] % split:
-      raise ValueError(f"minibatch size {batch['tokens_BxL'].shape[0]} must be a multiple of the "
-                       f"mesh's data × fsdp = {split}")
+    batch = _check_data_split(_check_minibatch(batch, check_size, keys), mesh)
     key = jax.tree.structure(state)
     if key not in compiled:
-      named = lambda x: isinstance(x.sharding, jax.sharding.NamedSharding)
-      state_shardings = jax.tree.map(
-          lambda x: x.sharding if named(x) else sharding.replicated(mesh), state)
+      state_shardings = _state_shardings(state, mesh)
       batch_shardings = {k: sharding.data_sharding(mesh, jnp.ndim(v)) for k, v in batch.items()}
       compiled[key] = (jit_sharded_update(update, state_shardings, batch_shardings), state_shardings)
     jitted, state_shardings = compiled[key]
