@@ -1,6 +1,7 @@
 """The paper's qualitative claims, each tested by its ablation on the tiny synthetic setting over seeds.
 
   python experiments/claims.py --out runs/claims            # the study: every arm x seed (hours on 2 CPUs)
+  python experiments/claims.py --out runs/claims --keep docs/reports/claims   # ... continuing the kept copy
   python experiments/claims.py --out runs/claims --quick    # a smoke test of the same (numbers mean nothing)
   python experiments/claims.py --out runs/claims --seeds=0,1,2,3 --kl=0.05,0.2,1.0
   python experiments/claims.py --out runs/claims --arms=token --kl=   # a part: RLEF and one ablation arm
@@ -12,7 +13,11 @@ those figures ("confirmed", "reversed" or "not confirmed"; rules in `verdict`).
 
 It is resumable: runs and evaluations are cached by their resolved config under `--out` (finished ones
 are loaded, an interrupted training resumes from its last checkpoint), so rerunning the command after a
-stop or a crash redoes only what is missing. It runs the project's own commands in subprocesses
+stop or a crash redoes only what is missing. It goes seed by seed (RLEF and its evaluation sweeps, then
+the other arms). `--keep DIR` also keeps a light copy of each finished run in DIR (markers, metrics,
+evaluation summaries, gzipped episodes; no checkpoints: ~0.5 MB a run) and restores from it what
+`--out` lacks, so a study continues on a machine that lost `--out`: the repository keeps the tiny
+study's copy in docs/reports/claims (rerun with `--keep docs/reports/claims` to continue or rebuild it). It runs the project's own commands in subprocesses
 (`experiments/notebooks/ablations.py`, shared with the ablation notebooks), on whatever devices JAX
 finds: on a GPU host the same command runs the study there.
 
@@ -30,10 +35,14 @@ finds: on a GPU host the same command runs the study there.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import pathlib
+import shutil
+import subprocess
 import sys
+import time
 from typing import Any, Mapping, Sequence
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "notebooks"))
@@ -266,10 +275,23 @@ def assess(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int], kl_coefs: Se
 
 
 def run_study(out: pathlib.Path, quick: bool, seeds: Sequence[int], kl_coefs: Sequence[float],
-              ablation_arms: Sequence[str] = tuple(ABLATION_ARMS)) -> list[Claim]:
+              ablation_arms: Sequence[str] = tuple(ABLATION_ARMS),
+              kept: pathlib.Path | None = None) -> list[Claim]:
   """Trains RLEF, the `ablation_arms` (keys of `ABLATION_ARMS`) and the β sweep for every seed, runs the
   evaluations, the report and `claims.md`; a claim whose arm was left out is "not confirmed (missing
-  figures)"."""
+  figures)". Seed by seed: RLEF and its evaluations, then the other arms, so that a study stopped
+  midway has whole seeds. With `kept`, each finished unit is copied there without its checkpoints
+  (`keep`) and what `out` lacks is first restored from there (`restore`)."""
+  if kept is not None:
+    restored = restore(kept, out)
+    if restored:
+      print(f"[claims] restored {restored} files of finished runs from {kept}")
+    kept.mkdir(parents=True, exist_ok=True)  # which code ran each invocation of the kept study
+    log = kept / "study.json"
+    history = json.loads(log.read_text()) if log.exists() else []
+    history.append({"code": _code_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                    "quick": quick, "seeds": list(seeds), "kl": list(kl_coefs), "arms": list(ablation_arms)})
+    log.write_text(json.dumps(history, indent=1) + "\n")
   session = ablations.Session("claims", quick=quick, runs_root=out, seeds=seeds)
   tiny_kl = ablations.load_tiny_config().rl.kl_coef
   turn_limits = QUICK_TURN_LIMITS if quick else TURN_LIMITS
@@ -277,7 +299,18 @@ def run_study(out: pathlib.Path, quick: bool, seeds: Sequence[int], kl_coefs: Se
   for beta in kl_coefs:
     if beta != tiny_kl:
       arms[kl_label(beta)] = {"rl.kl_coef": beta}
-  runs = {label: session.train_seeds(label, overrides) for label, overrides in arms.items()}
+  runs: dict[str, list[ablations.Run]] = {label: [] for label in arms}
+  sweeps: dict[str, list[str]] = {}
+  for seed in seeds:
+    for label, overrides in arms.items():
+      run = session.train(label, overrides, seed)
+      runs[label].append(run)
+      if label == RLEF:  # its evaluation sweeps need its checkpoints: run them before keeping it
+        sweeps[run.name] = [name for checkpoint in ("reference", None)
+                            for name in session.evaluate(run, feedback=("true", "random"),
+                                                         max_turns=turn_limits, checkpoint=checkpoint)]
+      if kept is not None:
+        keep(run.workdir, out, kept)
   if tiny_kl in kl_coefs:  # the plain tiny run is the sweep's point at its own coefficient
     runs[kl_label(tiny_kl)] = [ablations.Run(kl_label(tiny_kl), r.seed, r.workdir, r.overrides, r.wall_s)
                                for r in runs[RLEF]]
@@ -285,16 +318,72 @@ def run_study(out: pathlib.Path, quick: bool, seeds: Sequence[int], kl_coefs: Se
   entries = []
   for label, arm_runs in runs.items():
     for run in arm_runs:
-      records = list(run.training_records())
-      if label == RLEF:
-        for checkpoint in ("reference", None):
-          records += session.evaluate(run, feedback=("true", "random"), max_turns=turn_limits,
-                                      checkpoint=checkpoint)
+      records = list(run.training_records()) + (sweeps[run.name] if label == RLEF else [])
       entries.append((run, sorted(set(records))))
   report = session.report(entries, name="claims", show=False)
   claims = assess(report.summary_rows(), seeds, kl_coefs, turn_limits)
   write_claims(out, claims, report, quick)
+  if kept is not None:
+    for name in ("claims.md", "claims.json"):
+      shutil.copyfile(out / name, kept / name)
+    report_copy = kept / "report"
+    shutil.rmtree(report_copy, ignore_errors=True)
+    shutil.copytree(report.out, report_copy, ignore=shutil.ignore_patterns("runs"))
   return claims
+
+
+# --------------------------------------------------------------------------------------------------
+# A light copy of the study (--keep): what a new machine needs to continue it and to rebuild the report
+
+# Per run workdir: its markers, training scalars, evaluation summaries and episodes (gzipped), not its
+# checkpoints, warm start or TensorBoard events.
+KEPT_FILES = (ablations.RUN_MARKER, ablations.EVALS_MARKER, "metrics.jsonl", "eval/*.json",
+              "eval/*.episodes.jsonl")
+
+
+def keep(workdir: pathlib.Path, out: pathlib.Path, kept: pathlib.Path) -> None:
+  """Copies a finished run's `KEPT_FILES` into `kept`, at the same path relative to `out`; episodes as
+  `.episodes.jsonl.gz` (the report reads either; ~50x smaller), written reproducibly (no gzip time)."""
+  dest = kept / workdir.relative_to(out)
+  for pattern in KEPT_FILES:
+    for src in sorted(workdir.glob(pattern)):
+      target = dest / src.relative_to(workdir)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      if src.name.endswith(".episodes.jsonl"):
+        with open(src, "rb") as f, open(f"{target}.gz", "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as g:
+          shutil.copyfileobj(f, g)
+      else:
+        shutil.copyfile(src, target)
+
+
+def _code_version() -> str:
+  """The checkout's commit (`git describe --always --dirty`), or "unknown": a kept run is reused only
+  under the same resolved config, and this says which code produced it."""
+  try:
+    return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ablations.REPO_ROOT,
+                          capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def restore(kept: pathlib.Path, out: pathlib.Path) -> int:
+  """Copies into `out` each kept file it lacks (neither the file nor, for `.gz`, its plain form):
+  the finished runs are then loaded and their evaluations found cached. Returns the files copied."""
+  copied = 0
+  if not kept.is_dir():
+    return copied
+  for src in sorted(kept.rglob("*")):
+    rel = src.relative_to(kept)
+    if not src.is_file() or rel.parts[0] in ("report", "claims.md", "claims.json", "study.json"):
+      continue
+    target = out / rel
+    if target.exists() or (target.suffix == ".gz" and target.with_suffix("").exists()):
+      continue
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, target)
+    copied += 1
+  return copied
 
 
 def write_claims(out: pathlib.Path, claims: Sequence[Claim], report: Any, quick: bool) -> None:
@@ -316,6 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True, help="directory of the runs, the report and claims.md")
   parser.add_argument("--quick", action="store_true", help="smoke test: tiny runs, numbers mean nothing")
+  parser.add_argument("--keep", default="",
+                      help="directory of a light copy of the study (no checkpoints), refreshed after each "
+                           "finished run and restored into --out first: a study continues from it on a "
+                           "new machine; the repository keeps one in docs/reports/claims")
   parser.add_argument("--seeds", default="", help="comma-separated (default 0,1,2; --quick: 0)")
   parser.add_argument("--kl", default="0.05,1.0", help="rl.kl_coef values of the β sweep ('' = none)")
   parser.add_argument("--arms", default=",".join(ABLATION_ARMS),
@@ -340,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   out = pathlib.Path(args.out).resolve()
   out.mkdir(parents=True, exist_ok=True)
-  run_study(out, args.quick, seeds, kl_coefs, arms)
+  run_study(out, args.quick, seeds, kl_coefs, arms,
+            pathlib.Path(args.keep).resolve() if args.keep else None)
   return 0
 
 

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import gzip
 import json
 import math
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
@@ -272,10 +273,12 @@ def estimate(problems: Sequence[Sequence[Any]], per_problem: Callable[[Any], flo
 
 
 def read_jsonl_numbered(path: str) -> list[tuple[int, dict[str, Any]]]:
-  """(line number, JSON object) of every non-blank line; `RecordError` names the file and line."""
+  """(line number, JSON object) of every non-blank line; `RecordError` names the file and line. A
+  path ending in `.gz` is read through gzip (archived records, e.g. a study's kept in the repository)."""
   rows = []
   try:
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
       for lineno, line in enumerate(f, 1):
         if not line.strip():
           continue
@@ -286,8 +289,8 @@ def read_jsonl_numbered(path: str) -> list[tuple[int, dict[str, Any]]]:
         if not isinstance(row, dict):
           raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append((lineno, row))
-  except OSError as e:
-    raise RecordError(f"{path}: cannot read ({e.strerror or e})") from None
+  except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut gzip stream an EOFError
+    raise RecordError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
   except UnicodeDecodeError:
     raise RecordError(f"{path}: not UTF-8 text") from None
   return rows

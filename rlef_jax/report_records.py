@@ -150,8 +150,15 @@ SUMMARY_METRICS = {"mt_1atT": "multi_turn_1at3", "st_pass1": "single_turn_pass1"
                    "st_1at3": "single_turn_1at3"}
 
 
+def episodes_file(summary_path: str) -> str | None:
+  """The episodes of summary `NAME.json`: `NAME.episodes.jsonl`, else `NAME.episodes.jsonl.gz` (an
+  archived record), else None."""
+  stem = summary_path[:-len(".json")] + ".episodes.jsonl"
+  return next((p for p in (stem, stem + ".gz") if os.path.exists(p)), None)
+
+
 def load_record(path: str, model: str) -> Record:
-  """A summary file and its episodes (`NAME.episodes.jsonl` next to it, optional)."""
+  """A summary file and its episodes (`NAME.episodes.jsonl` or `.jsonl.gz` next to it, optional)."""
   summary = _load_json(path)
   if not isinstance(summary, dict):
     raise ReportError(f"{path}: expected a JSON object, got {type(summary).__name__}")
@@ -163,9 +170,9 @@ def load_record(path: str, model: str) -> Record:
     _check_metric_entry(summary, key, path)
   _meta(summary, "rollouts_per_problem", (int,), path)
   _meta(summary, "problems", (int,), path)
-  episodes_path = path[:-len(".json")] + ".episodes.jsonl"
+  episodes_path = episodes_file(path)
   episodes = None
-  if os.path.exists(episodes_path):
+  if episodes_path is not None:
     try:
       episodes = est.read_episodes(episodes_path) or None
     except est.RecordError as e:

@@ -1,5 +1,6 @@
 """experiments/claims.py: the verdicts computed from report rows (fast), and the whole study in QUICK
 mode (marked `notebooks`: it runs in that step, after the notebooks, loading the runs they trained)."""
+import gzip
 import json
 import os
 import pathlib
@@ -73,17 +74,70 @@ def test_bad_arguments_get_one_line():
   assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "got value" in proc.stderr
 
 
+def _fake_run(workdir, episodes):
+  """A finished run's workdir as the study leaves it: markers, metrics, one evaluation, checkpoints."""
+  (workdir / "eval").mkdir(parents=True)
+  (workdir / "checkpoints" / "100").mkdir(parents=True)
+  (workdir / "checkpoints" / "100" / "state").write_bytes(b"\0" * 1000)
+  (workdir / "reference_params").mkdir()
+  (workdir / "tensorboard").mkdir()
+  (workdir / "notebook_run.json").write_text('{"label": "RLEF", "seed": 0, "wall_s": 1.0}')
+  (workdir / "notebook_evals.json").write_text('{"k": {"records": ["evaluate_reference"]}}')
+  (workdir / "metrics.jsonl").write_text('{"step": 2}\n')
+  (workdir / "eval" / "step_0.json").write_text('{"name": "step_0"}')
+  (workdir / "eval" / "step_0.episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
+
+
+def test_keep_copies_results_without_checkpoints_and_restore_brings_them_back(tmp_path):
+  out, kept = tmp_path / "out", tmp_path / "kept"
+  episodes = [{"problem": f"p{i}", "solved": i % 2 == 0, "public_passed": [True]} for i in range(50)]
+  run = out / "full" / "tiny-s0-abc"
+  _fake_run(run, episodes)
+  claims.keep(run, out, kept)
+  copy = kept / "full" / "tiny-s0-abc"
+  assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == [
+      "eval/step_0.episodes.jsonl.gz", "eval/step_0.json", "metrics.jsonl", "notebook_evals.json",
+      "notebook_run.json"]
+  with gzip.open(copy / "eval" / "step_0.episodes.jsonl.gz", "rt") as f:
+    assert f.read() == (run / "eval" / "step_0.episodes.jsonl").read_text()
+  first = (copy / "eval" / "step_0.episodes.jsonl.gz").read_bytes()
+  claims.keep(run, out, kept)  # kept again after a later evaluation: the same bytes (no gzip time)
+  assert (copy / "eval" / "step_0.episodes.jsonl.gz").read_bytes() == first
+  (kept / "claims.md").write_text("old verdicts")  # the study's outputs are written anew, not restored
+
+  fresh = tmp_path / "fresh"  # a new machine: --out lost, the kept copy restored into it
+  assert claims.restore(kept, fresh) == 5
+  restored = fresh / "full" / "tiny-s0-abc"
+  assert (restored / "notebook_run.json").read_text() == (run / "notebook_run.json").read_text()
+  assert not (fresh / "claims.md").exists() and not (restored / "checkpoints").exists()
+  from rlef_jax import estimators  # the report reads the gzipped episodes as the plain ones
+  assert estimators.read_episodes(str(restored / "eval" / "step_0.episodes.jsonl.gz")) == episodes
+  # what --out already has is left alone, plain episodes included
+  assert claims.restore(kept, fresh) == 0 and claims.restore(kept, out) == 0
+  assert claims.restore(tmp_path / "none", fresh) == 0
+
+
 @pytest.mark.notebooks
 def test_the_study_runs_end_to_end_in_quick_mode(tmp_path_factory):
   """In the notebooks step, after the notebooks: the same runs directory as theirs (notebooks_test's
   `runs_dir`), so the arms they trained are loaded, not trained again."""
   runs = tmp_path_factory.getbasetemp() / "study_runs"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "claims.py"), "--out", str(runs),
-                         "--quick", "--kl=0.05,1.0"], capture_output=True, text=True, env=env,
-                        timeout=1500)
+  kept = tmp_path_factory.mktemp("kept")
+  study = lambda out: subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "claims.py"), "--out", str(out), "--quick",
+       "--kl=0.05,1.0", "--keep", str(kept)], capture_output=True, text=True, env=env, timeout=1500)
+  proc = study(runs)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   data = json.loads((runs / "claims.json").read_text())
+  # The kept copy holds every finished run without checkpoints; from it alone (a new machine) the
+  # study trains and evaluates nothing again and reaches the same verdicts and figures.
+  assert (kept / "claims.md").read_text() == (runs / "claims.md").read_text()
+  assert not list(kept.rglob("checkpoints")) and list(kept.rglob("*.episodes.jsonl.gz"))
+  again = study(tmp_path_factory.mktemp("new_machine"))
+  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+  assert "restored" in again.stdout and "$ python -m" not in again.stdout
+  assert json.loads((kept / "claims.json").read_text()) == data
   assert [c["claim"] for c in data] == ["1", "2", "3", "4", "5", "6", "7", "β"]
   # every claim that has arms got its figures for seed 0 (QUICK: numbers mean nothing, but exist)
   for c in data[:7]:

@@ -1,5 +1,6 @@
 """rlef_jax.report: tables checked against values computed here from hand-written records, plots from
 their Figure objects and the PNGs read back, and the command's exit codes."""
+import gzip
 import itertools
 import json
 import math
@@ -449,6 +450,47 @@ def test_corrupt_files_name_the_file(tmp_path, capsys, target, content, message)
   assert err.startswith(f"rlef_jax.report: error: {work / message.split(':')[0]}:")
   assert f"{work}/{message}" in err
   assert not (tmp_path / "out").exists()
+
+
+def _gzip_episodes(workdir):
+  """Replaces every eval/NAME.episodes.jsonl of `workdir` by NAME.episodes.jsonl.gz (an archived run)."""
+  for name in os.listdir(os.path.join(workdir, "eval")):
+    if name.endswith(".episodes.jsonl"):
+      path = os.path.join(workdir, "eval", name)
+      with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as g:
+        g.write(f.read())
+      os.remove(path)
+
+
+def test_gzipped_episodes_give_the_same_report(tmp_path, rlef_workdir):
+  plain = build(rlef_workdir)
+  archived = str(tmp_path / "archived" / "rlef")  # the same label
+  shutil.copytree(rlef_workdir, archived)
+  _gzip_episodes(archived)
+  assert not [n for n in os.listdir(os.path.join(archived, "eval")) if n.endswith(".jsonl")]
+  gz = build(archived)
+  assert gz[0].replace(archived, rlef_workdir) == plain[0]  # the markdown: every table's numbers
+  assert json.dumps(gz[1]).replace(archived, rlef_workdir) == json.dumps(plain[1])
+  # a plain file wins over an archived one beside it (episodes_file's order)
+  stem = os.path.join(archived, "eval", "step_4.json")
+  assert report_records.episodes_file(stem).endswith(".episodes.jsonl.gz")
+  shutil.copyfile(os.path.join(rlef_workdir, "eval", "step_4.episodes.jsonl"),
+                  os.path.join(archived, "eval", "step_4.episodes.jsonl"))
+  assert report_records.episodes_file(stem).endswith(".episodes.jsonl")
+
+
+@pytest.mark.parametrize("damage", ["not gzip", "cut"])
+def test_corrupt_gzipped_episodes_name_the_file(tmp_path, capsys, rlef_workdir, damage):
+  work = str(tmp_path / "w")
+  shutil.copytree(rlef_workdir, work)
+  _gzip_episodes(work)
+  path = os.path.join(work, "eval", "step_4.episodes.jsonl.gz")
+  data = open(path, "rb").read()
+  with open(path, "wb") as f:
+    f.write(b"plain text, not gzip\n" if damage == "not gzip" else data[:len(data) // 2])
+  code, err = _run_main(capsys, work, "--out", str(tmp_path / "out"))
+  assert code == 2 and err.count("\n") == 1
+  assert err.startswith(f"rlef_jax.report: error: {path}: cannot read")
 
 
 def test_command_exit_codes(tmp_path):

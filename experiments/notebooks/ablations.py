@@ -296,7 +296,7 @@ class Session:
       view = views / _slug(run.name)
       (view / "eval").mkdir(parents=True)
       for record in (run.training_records() if records is None else records):
-        for suffix in (".json", ".episodes.jsonl"):
+        for suffix in (".json", ".episodes.jsonl", ".episodes.jsonl.gz"):
           src = run.workdir / "eval" / (record + suffix)
           if src.exists():
             shutil.copyfile(src, view / "eval" / src.name)
