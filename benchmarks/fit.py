@@ -8,7 +8,7 @@ The mesh is `--devices` forced host (CPU) devices (`XLA_FLAGS=--xla_force_host_p
 set here before JAX starts). Every input is a `jax.ShapeDtypeStruct` carrying the sharding the trainer
 gives it, and every step is the trainer's own jitted function, lowered and compiled for that mesh:
 
-* update: `ppo.jit_sharded_update` of `ppo.make_update_fn` (what `ppo.make_update_step` runs) on a
+* update: `ppo_update.jit_sharded_update` of `ppo_update.make_update_fn` (what `ppo_update.make_update_step` runs) on a
   minibatch of `rl.minibatch_size` episodes of `--length` tokens (default the longest an episode can
   be, `sampling.max_context_length`), the train state donated;
 * score: `ppo.make_logprob_fn` on the policy's and on the reference's params and `ppo.make_value_fn`,
@@ -81,6 +81,7 @@ import jax.numpy as jnp  # noqa: E402
 from rlef_jax import config as config_lib  # noqa: E402
 from rlef_jax import model as model_lib  # noqa: E402
 from rlef_jax import ppo  # noqa: E402
+from rlef_jax import ppo_update  # noqa: E402
 from rlef_jax import rollout as rollout_lib  # noqa: E402
 from rlef_jax import round_batch  # noqa: E402
 from rlef_jax import sampler  # noqa: E402
@@ -209,11 +210,11 @@ def update_phase(s: Setup, state, reference, length: int) -> list[Measure]:
   settings = ppo.PPOSettings.from_config(c.rl)
   batch = {k: _data_sds(s.mesh, (B, L) if k.endswith("BxL") else (B, T), dtype)
            for k, dtype in minibatch_dtypes(settings).items()}
-  update = ppo.make_update_fn(s.policy_model, s.value_model, s.policy_opt, s.value_opt, settings,
+  update = ppo_update.make_update_fn(s.policy_model, s.value_model, s.policy_opt, s.value_opt, settings,
                               s.mesh, c.rl.num_microbatches)
-  jitted = ppo.jit_sharded_update(update, jax.tree.map(lambda x: x.sharding, state),
+  jitted = ppo_update.jit_sharded_update(update, jax.tree.map(lambda x: x.sharding, state),
                                   jax.tree.map(lambda x: x.sharding, batch))
-  M = ppo.microbatch_count(B, c.rl.num_microbatches, s.mesh)
+  M = ppo_update.microbatch_count(B, c.rl.num_microbatches, s.mesh)
   m, _ = compile_step("update", "update", jitted, (state, batch), s.mesh, shard_bytes(reference),
                       f"{B} x {L} tokens, {M} microbatches of {B // M}")
   return [m]

@@ -7,7 +7,7 @@ The config gives the model (preset, dtypes, remat, scan_layers, attention), the 
 `rl.num_microbatches`; the mesh is `config.mesh` over every device of the default backend (set
 `XLA_FLAGS=--xla_force_host_platform_device_count=N` for N CPU devices). The train state is the
 trainer's (`train_state.fresh` from random policy params: policy, value model, both AdamW states)
-and the step is `ppo.make_update_step`, donating the state, on a minibatch of `--batch` episodes of
+and the step is `ppo_update.make_update_step`, donating the state, on a minibatch of `--batch` episodes of
 `--length` tokens (three turns, the policy's tokens the last three quarters of each; with `--min_end`
 episodes of random lengths, padded: `--set rl.update_bucket_tokens=64` then shows the length-bucketed
 update's gain). After one
@@ -42,6 +42,7 @@ import jax  # noqa: E402
 import fit  # noqa: E402  (benchmarks/fit.py: the trainer's setup from a config)
 from sampler import measure_peak_gflops  # noqa: E402  (benchmarks/sampler.py)
 from rlef_jax import ppo  # noqa: E402
+from rlef_jax import ppo_update  # noqa: E402
 from rlef_jax import sharding  # noqa: E402
 from rlef_jax import train_state  # noqa: E402
 
@@ -108,12 +109,12 @@ def main(argv=None) -> None:
   del reference
   n_policy = cfg.num_params()
   n_value = sum(x.size for x in jax.tree.leaves(state.value_params))
-  update = ppo.make_update_step(s.policy_model, s.value_model, s.policy_opt, s.value_opt,
+  update = ppo_update.make_update_step(s.policy_model, s.value_model, s.policy_opt, s.value_opt,
                                 ppo.PPOSettings.from_config(config.rl),
                                 mesh=s.mesh, num_microbatches=config.rl.num_microbatches,
                                 bucket_tokens=config.rl.update_bucket_tokens)
   host_batch = minibatch(config, B, L, cfg.vocab_size, np.random.default_rng(0), args.min_end)
-  padding = 1 - float(np.sum(ppo.response_ends_B(host_batch["policy_mask_BxL"]))) / (B * L)
+  padding = 1 - float(np.sum(ppo_update.response_ends_B(host_batch["policy_mask_BxL"]))) / (B * L)
   batch = sharding.shard_batch(s.mesh, host_batch)
 
   t = time.perf_counter()

@@ -42,6 +42,7 @@ from rlef_jax import experiment
 from rlef_jax import metrics as metrics_lib
 from rlef_jax import model as model_lib
 from rlef_jax import ppo
+from rlef_jax import ppo_update
 from rlef_jax import rollout as rollout_lib
 from rlef_jax import round_batch
 from rlef_jax import train_state
@@ -185,7 +186,7 @@ def _start(run: experiment.Run) -> _Training:
                                        c.env, experiment.rollout_settings(c, evaluation=False),
                                        run.mesh),
       score_fns=round_batch.make_score_fns(run),
-      update=ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt, settings,
+      update=ppo_update.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt, settings,
                                   mesh=run.mesh, num_microbatches=c.rl.num_microbatches,
                                   bucket_tokens=c.rl.update_bucket_tokens),
       checkpointer=checkpointer,

@@ -46,7 +46,7 @@ from rlef_jax import distributed
 from rlef_jax import env as env_lib
 from rlef_jax import errors
 from rlef_jax import experiment
-from rlef_jax import ppo
+from rlef_jax import ppo_update
 from rlef_jax import sharding
 from rlef_jax import storage
 
@@ -137,8 +137,8 @@ def make_sft_step(model: Any, optimizer: optax.GradientTransformation,
       return jax.value_and_grad(loss_fn)(params, batch)
     count = jnp.maximum(jnp.sum(batch["loss_mask_BxL"][:, 1:]), 1.0)
     grad_fn = jax.value_and_grad(lambda p, mb: (nll_sum(p, mb) / count, ()), has_aux=True)
-    (loss, _), grads = ppo.accumulate_grads(
-        grad_fn, params, ppo.split_microbatches(batch, num_microbatches), num_microbatches)[0]
+    (loss, _), grads = ppo_update.accumulate_grads(
+        grad_fn, params, ppo_update.split_microbatches(batch, num_microbatches), num_microbatches)[0]
     return loss, grads
 
   @jax.jit

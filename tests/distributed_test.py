@@ -1,7 +1,7 @@
 """Tests for rlef_jax.distributed and experiments/tpu/launch.sh.
 
 The multi-process tests run in 2 CPU processes (2 devices each, gloo collectives, coordinator on
-127.0.0.1): `ppo.make_update_step` on a global (data=1, fsdp=2, tensor=2) mesh against the same steps
+127.0.0.1): `ppo_update.make_update_step` on a global (data=1, fsdp=2, tensor=2) mesh against the same steps
 on one device in the pytest process; one trainer round (rollouts with the real sampler and executor,
 `round_batch.make_round_batch`, a PPO update) on a (data=2, fsdp=2) mesh against the same round in one
 4-device process; and `train.train` stopped and resumed in 2 processes.

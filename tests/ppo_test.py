@@ -8,7 +8,7 @@ import pytest
 
 from rlef_jax import config as config_lib
 from rlef_jax import model as model_lib
-from rlef_jax import ppo, sharding
+from rlef_jax import ppo, ppo_update, sharding
 
 V, B, L, T = 48, 4, 24, 3
 CFG = model_lib.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_layers=2,
@@ -37,12 +37,12 @@ SGD = (optax.sgd(0.5), optax.sgd(0.5))  # equivalence tests compare plain gradie
 @pytest.fixture(scope="module")
 def adam_update():
   optimizers = ppo.make_optimizers(OPTIM)
-  return optimizers, ppo.make_update_step(POLICY, VALUE, *optimizers, RL)
+  return optimizers, ppo_update.make_update_step(POLICY, VALUE, *optimizers, RL)
 
 
 @pytest.fixture(scope="module")
 def sgd_update():
-  return ppo.make_update_step(POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"))
+  return ppo_update.make_update_step(POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"))
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +182,9 @@ def test_update_decreases_both_losses_on_a_fixed_batch(nets, adam_update):
 def test_microbatched_update_equals_one_pass(nets, sgd_update):
   batch = _minibatch(nets, seed=5)
   outs = []
-  for update in (sgd_update, *(ppo.make_update_step(
+  for update in (sgd_update, *(ppo_update.make_update_step(
       POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"), num_microbatches=m)
-                              for m in (ppo.PER_SHARD, -2))):  # no mesh: B passes of 1; 2 of 2
+                              for m in (ppo_update.PER_SHARD, -2))):  # no mesh: B passes of 1; 2 of 2
     state, metrics = update(_state(nets, SGD), batch)
     outs.append(jax.device_get((state.policy_params, state.value_params, metrics)))
   for out in outs[1:]:
@@ -195,25 +195,25 @@ def test_microbatched_update_equals_one_pass(nets, sgd_update):
 def test_per_shard_microbatch_count():
   """num_microbatches = -k: k episodes per data-parallel shard per microbatch (PER_SHARD = -1: one)."""
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  assert ppo.microbatch_count(256, ppo.PER_SHARD, mesh) == 64
-  assert ppo.microbatch_count(256, ppo.PER_SHARD) == 256
-  assert ppo.microbatch_count(256, -4, mesh) == 16
-  assert ppo.microbatch_count(256, -4) == 64
-  assert ppo.microbatch_count(256, 8, mesh) == 8
+  assert ppo_update.microbatch_count(256, ppo_update.PER_SHARD, mesh) == 64
+  assert ppo_update.microbatch_count(256, ppo_update.PER_SHARD) == 256
+  assert ppo_update.microbatch_count(256, -4, mesh) == 16
+  assert ppo_update.microbatch_count(256, -4) == 64
+  assert ppo_update.microbatch_count(256, 8, mesh) == 8
   with pytest.raises(ValueError, match=r"minibatch size 6 must be a multiple of the mesh's data × fsdp × "
                                        r"episodes per shard \(1\) = 4"):
-    ppo.microbatch_count(6, ppo.PER_SHARD, mesh)
+    ppo_update.microbatch_count(6, ppo_update.PER_SHARD, mesh)
   with pytest.raises(ValueError, match=r"minibatch size 24 .* episodes per shard \(4\) = 16"):
-    ppo.microbatch_count(24, -4, mesh)
+    ppo_update.microbatch_count(24, -4, mesh)
   with pytest.raises(ValueError, match=r"num_microbatches must be >= 1, or -k"):
-    ppo.make_update_fn(POLICY, VALUE, *SGD, RL, num_microbatches=0)
+    ppo_update.make_update_fn(POLICY, VALUE, *SGD, RL, num_microbatches=0)
 
 
 def test_chunked_logprobs_update_equals_one_pass(nets, sgd_update):
   """rl.logprob_chunk: the loss's logits computed 5 positions at a time (L - 1 = 23 is not a
   multiple) under jax.checkpoint give the same update, and the scoring log-probs are the same."""
   batch = _minibatch(nets, seed=7)
-  chunked = ppo.make_update_step(POLICY, VALUE, *SGD,
+  chunked = ppo_update.make_update_step(POLICY, VALUE, *SGD,
                                  _rl(loss_aggregation="turn_mean", logprob_chunk=5))
   outs = [jax.device_get(update(_state(nets, SGD), batch)) for update in (sgd_update, chunked)]
   (want_state, want_metrics), (got_state, got_metrics) = outs
@@ -246,7 +246,7 @@ def test_sharded_update_equals_unsharded(nets, sgd_update):
           optimizers[0], p_shard, sharding.abstract_params(POLICY), mesh)),
       value_opt_state=jax.device_put(state.value_opt_state, sharding.opt_state_shardings(
           optimizers[1], v_shard, sharding.abstract_params(VALUE), mesh)))
-  update = ppo.make_update_step(POLICY, VALUE, *optimizers, _rl(loss_aggregation="turn_mean"),
+  update = ppo_update.make_update_step(POLICY, VALUE, *optimizers, _rl(loss_aggregation="turn_mean"),
                                 mesh=mesh)
   sharded_logp = ppo.make_logprob_fn(POLICY, mesh=mesh)(state.policy_params, batch["tokens_BxL"])
   np.testing.assert_allclose(sharded_logp, batch["old_logp_BxL"], rtol=1e-5, atol=1e-5)
@@ -299,7 +299,7 @@ def test_bad_minibatch_is_rejected(nets, adam_update):
   with pytest.raises(ValueError, match="returns_BxT"):
     update(_state(nets, optimizers), batch)
   with pytest.raises(ValueError, match="num_microbatches"):
-    ppo.make_update_step(POLICY, VALUE, *optimizers, RL, num_microbatches=3)(
+    ppo_update.make_update_step(POLICY, VALUE, *optimizers, RL, num_microbatches=3)(
         _state(nets, optimizers), _minibatch(nets))
 
 
@@ -347,7 +347,7 @@ def test_token_level_update_losses_equal_hand_computation_and_microbatches_agree
   batch = _minibatch(nets, value_level="token")
   batch["behaviour_logp_BxL"] = batch["old_logp_BxL"]
   settings = _rl(value_level="token")
-  outs = [jax.device_get(ppo.make_update_step(POLICY, VALUE, *SGD, settings, num_microbatches=m)(
+  outs = [jax.device_get(ppo_update.make_update_step(POLICY, VALUE, *SGD, settings, num_microbatches=m)(
       _state(nets, SGD), batch)) for m in (1, 2)]
   metrics = outs[0][1]
   mask = batch["turn_id_BxL"] >= 0
@@ -366,7 +366,7 @@ def test_token_level_update_losses_equal_hand_computation_and_microbatches_agree
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert metrics["value_grad_norm"] > 1e-3 and metrics["policy_grad_norm"] > 1e-3
   with pytest.raises(ValueError, match="advantages_BxL"):  # a turn-level minibatch is refused
-    ppo.make_update_step(POLICY, VALUE, *SGD, settings)(_state(nets, SGD), _minibatch(nets))
+    ppo_update.make_update_step(POLICY, VALUE, *SGD, settings)(_state(nets, SGD), _minibatch(nets))
 
 
 def test_chunk_order_and_widths_by_hand():
@@ -376,25 +376,25 @@ def test_chunk_order_and_widths_by_hand():
   mask[0, 3:5] = 1    # ends at 5
   mask[1, 2:12 - 2] = 1  # ends at 10 (= L)
   mask[3, 6] = 1      # ends at 7
-  order, widths = ppo.chunk_order_and_widths(mask, rows_per_chunk=2, bucket_tokens=4)
+  order, widths = ppo_update.chunk_order_and_widths(mask, rows_per_chunk=2, bucket_tokens=4)
   np.testing.assert_array_equal(order, [2, 0, 3, 1])
   assert widths == [8, 10]  # max(1, 5) -> 8; max(7, 10) -> 12, capped at L = 10
-  order, widths = ppo.chunk_order_and_widths(mask, rows_per_chunk=1, bucket_tokens=1)
+  order, widths = ppo_update.chunk_order_and_widths(mask, rows_per_chunk=1, bucket_tokens=1)
   assert widths == [1, 5, 7, 10]
 
 
-@pytest.mark.parametrize("value_level,num_microbatches", [("turn", ppo.PER_SHARD), ("token", -2)])
+@pytest.mark.parametrize("value_level,num_microbatches", [("turn", ppo_update.PER_SHARD), ("token", -2)])
 def test_length_bucketed_update_equals_one_pass(nets, sgd_update, value_level, num_microbatches):
   """rl.update_bucket_tokens: chunks of length-sorted rows, each run to its own width, give the
   one-pass update (same parameters and metrics, up to float rounding)."""
   batch = _minibatch(nets, seed=7, value_level=value_level)
   settings = _rl(loss_aggregation="turn_mean", value_level=value_level)
-  rows = B // ppo.microbatch_count(B, num_microbatches)
-  _, widths = ppo.chunk_order_and_widths(batch["policy_mask_BxL"], rows, 8)
+  rows = B // ppo_update.microbatch_count(B, num_microbatches)
+  _, widths = ppo_update.chunk_order_and_widths(batch["policy_mask_BxL"], rows, 8)
   assert min(widths) < L  # the batch really has chunks shorter than the padded length
-  one_pass = sgd_update if value_level == "turn" else ppo.make_update_step(POLICY, VALUE, *SGD, settings)
+  one_pass = sgd_update if value_level == "turn" else ppo_update.make_update_step(POLICY, VALUE, *SGD, settings)
   want = jax.device_get(one_pass(_state(nets, SGD), batch))
-  got = jax.device_get(ppo.make_update_step(POLICY, VALUE, *SGD, settings, num_microbatches=num_microbatches,
+  got = jax.device_get(ppo_update.make_update_step(POLICY, VALUE, *SGD, settings, num_microbatches=num_microbatches,
                                             bucket_tokens=8)(_state(nets, SGD), batch))
   assert set(got[1]) == set(want[1])
   for a, b in zip(jax.tree.leaves((want[0].policy_params, want[0].value_params, want[1])),
@@ -410,8 +410,8 @@ def test_length_bucketed_update_on_a_mesh_equals_unsharded(nets, sgd_update):
   p_shard = sharding.param_shardings(POLICY, mesh, nets[0])
   state = _state(nets, SGD)
   state = state.replace(policy_params=sharding.shard_params(state.policy_params, p_shard))
-  update = ppo.make_update_step(POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"), mesh=mesh,
-                                num_microbatches=ppo.PER_SHARD, bucket_tokens=8)
+  update = ppo_update.make_update_step(POLICY, VALUE, *SGD, _rl(loss_aggregation="turn_mean"), mesh=mesh,
+                                num_microbatches=ppo_update.PER_SHARD, bucket_tokens=8)
   got_state, got_metrics = update(state, batch)
   leaf = jax.tree.leaves(got_state.policy_params)[0]
   assert leaf.sharding.is_equivalent_to(jax.tree.leaves(p_shard)[0], leaf.ndim)

@@ -7,7 +7,7 @@ separator '-', else -1; after each round of two updates the share of '-' answers
 """
 import sys
 import dataclasses, numpy as np, jax, jax.numpy as jnp
-from rlef_jax import experiment, round_batch, warmstart, rollout, ppo, model as model_lib, synthetic, env as env_lib
+from rlef_jax import experiment, round_batch, warmstart, rollout, ppo, ppo_update, model as model_lib, synthetic, env as env_lib
 from configs import tiny
 from absl import flags
 flags.FLAGS(["x"])
@@ -23,7 +23,7 @@ pp = jax.tree.map(lambda x: jnp.array(x, copy=True), ref)
 state = ppo.init_train_state(pp, vp, policy_opt, value_opt, jax.random.key(2))
 engine = rollout.RolloutEngine(run.policy_model, run.llama_config, run.tokenizer, run.pool, c.env, experiment.rollout_settings(c, evaluation=False), run.mesh)
 fns = round_batch.make_score_fns(run)
-update = ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt, run.ppo_settings, mesh=run.mesh)
+update = ppo_update.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt, run.ppo_settings, mesh=run.mesh)
 recs = synthetic.generate_problems(64, 5)
 probs = [env_lib.Problem.from_record("synthetic", r, env_config=c.env) for r in recs]
 def frac_dash(records):

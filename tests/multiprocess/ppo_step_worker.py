@@ -1,6 +1,6 @@
 """One process of the multi-process PPO test (tests/distributed_test.py starts it, once per process).
 
-Runs `ppo.make_update_step` for a few steps on a tiny Llama policy + value network with a fixed random
+Runs `ppo_update.make_update_step` for a few steps on a tiny Llama policy + value network with a fixed random
 minibatch, on a ("data", "fsdp", "tensor") mesh over the devices of every process, and writes the
 final params (gathered to host) and the per-step metrics to `<out>/process_<i>.npz`. Process 0 also
 logs the metrics with `MetricsWriter` into `<out>/metrics`.
@@ -55,7 +55,7 @@ def run(out: str, steps: int, fsdp: int, tensor: int, devices=None, plan_source:
   import flax.linen as nn
   import jax
   from jax.experimental import multihost_utils
-  from rlef_jax import config as config_lib, metrics, model, ppo, sharding
+  from rlef_jax import config as config_lib, metrics, model, ppo, ppo_update, sharding
 
   cfg = config_lib.base_config()
   cfg.optim.lr = cfg.optim.value_lr = 1e-3
@@ -87,7 +87,7 @@ def run(out: str, steps: int, fsdp: int, tensor: int, devices=None, plan_source:
   with sharding.use_mesh(mesh):
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(0))
 
-  update = ppo.make_update_step(policy_model, value_model, policy_opt, value_opt,
+  update = ppo_update.make_update_step(policy_model, value_model, policy_opt, value_opt,
                                  ppo.PPOSettings.from_config(cfg.rl), mesh=mesh)
   full_batch = fixed_minibatch()
   batch_sharding = sharding.data_sharding(mesh, 2)

@@ -62,7 +62,7 @@ def tiny_config(data_dir: str, **extra):
 def round_part(out: str, data_dir: str) -> None:
   import jax
   from jax.experimental import multihost_utils
-  from rlef_jax import model as model_lib, ppo, rollout as rollout_lib, round_batch, sharding
+  from rlef_jax import model as model_lib, ppo, ppo_update, rollout as rollout_lib, round_batch, sharding
   from rlef_jax import experiment
   from rlef_jax.data import records as records_lib
 
@@ -94,7 +94,7 @@ def round_part(out: str, data_dir: str) -> None:
     records, _ = engine.run(state.policy_params, mine, jax.random.key(5))
     fns = round_batch.make_score_fns(run)
     batch, round_metrics = round_batch.make_round_batch(run, state, ref_params, records, fns)
-    update = ppo.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt,
+    update = ppo_update.make_update_step(run.policy_model, run.value_model, policy_opt, value_opt,
                                   run.ppo_settings, mesh=run.mesh,
                                   bucket_tokens=config.rl.update_bucket_tokens)  # configs/tiny.py: 64
     minibatch = {k: round_batch.to_device(run, batch[k]) for k in ppo.minibatch_keys(run.ppo_settings)}
