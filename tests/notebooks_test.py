@@ -68,6 +68,29 @@ def test_quick_mode_is_overridable_by_the_environment(monkeypatch):
   config_lib.validate(ablations.make_config(ablations.QUICK_OVERRIDES))
 
 
+def test_a_run_has_the_same_name_in_every_clone(monkeypatch, tmp_path):
+  """The run names (config fingerprints) that a kept study is found by do not depend on where the
+  checkout lies, though configs/tiny.py's tokenizer path is absolute; other settings still count."""
+  sys.path.insert(0, str(NOTEBOOK_DIR))
+  try:
+    import ablations
+  finally:
+    sys.path.remove(str(NOTEBOOK_DIR))
+  config = ablations.make_config({})
+  assert config.tokenizer.path.startswith(str(ablations.REPO_ROOT))
+  here = ablations._fingerprint(config)
+  elsewhere = tmp_path / "another" / "clone"
+  moved = ablations.make_config({})
+  moved.tokenizer.path = config.tokenizer.path.replace(str(ablations.REPO_ROOT), str(elsewhere))
+  monkeypatch.setattr(ablations, "REPO_ROOT", elsewhere)
+  assert ablations._fingerprint(moved) == here
+  moved.rl.kl_coef = 0.5
+  assert ablations._fingerprint(moved) != here
+  moved.rl.kl_coef = config.rl.kl_coef
+  moved.tokenizer.path = "/some/other/tokenizer"  # a path outside the checkout is a setting like any
+  assert ablations._fingerprint(moved) != here
+
+
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory):
   """Shared with tests/claims_test.py's QUICK study (the same folder of pytest's base temporary

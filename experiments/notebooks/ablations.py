@@ -107,7 +107,11 @@ def config_flags(overrides: Mapping[str, Any]) -> list[str]:
 
 
 def _fingerprint(config) -> str:
-  return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:10]
+  """A hash of the resolved config. Paths inside the checkout (configs/tiny.py's tokenizer, shipped in
+  the package) count relative to it, so a run has the same name in every clone: a study's kept runs
+  are found again on another machine or in another directory."""
+  text = config.to_json(sort_keys=True).replace(str(REPO_ROOT), "<checkout>")
+  return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def _slug(text: str) -> str:
