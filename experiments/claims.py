@@ -289,8 +289,9 @@ def run_study(out: pathlib.Path, quick: bool, seeds: Sequence[int], kl_coefs: Se
     kept.mkdir(parents=True, exist_ok=True)  # which code ran each invocation of the kept study
     log = kept / "study.json"
     history = json.loads(log.read_text()) if log.exists() else []
-    history.append({"code": _code_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                    "quick": quick, "seeds": list(seeds), "kl": list(kl_coefs), "arms": list(ablation_arms)})
+    history.append({"code": _code_version(),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "quick": quick,
+                    "seeds": list(seeds), "kl": list(kl_coefs), "arms": list(ablation_arms)})
     log.write_text(json.dumps(history, indent=1) + "\n")
   session = ablations.Session("claims", quick=quick, runs_root=out, seeds=seeds)
   tiny_kl = ablations.load_tiny_config().rl.kl_coef
