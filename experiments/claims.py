@@ -287,7 +287,7 @@ def run_study(out: pathlib.Path, quick: bool, seeds: Sequence[int], kl_coefs: Se
     if restored:
       print(f"[claims] restored {restored} files of finished runs from {kept}")
     kept.mkdir(parents=True, exist_ok=True)  # which code ran each invocation of the kept study
-    log = kept / "study.json"
+    log = kept / STUDY_LOG
     history = json.loads(log.read_text()) if log.exists() else []
     history.append({"code": _code_version(),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "quick": quick,
@@ -325,9 +325,9 @@ def run_study(out: pathlib.Path, quick: bool, seeds: Sequence[int], kl_coefs: Se
   claims = assess(report.summary_rows(), seeds, kl_coefs, turn_limits)
   write_claims(out, claims, report, quick)
   if kept is not None:
-    for name in ("claims.md", "claims.json"):
+    for name in CLAIMS_FILES:
       shutil.copyfile(out / name, kept / name)
-    report_copy = kept / "report"
+    report_copy = kept / REPORT_DIR
     shutil.rmtree(report_copy, ignore_errors=True)
     shutil.copytree(report.out, report_copy, ignore=shutil.ignore_patterns("runs"))
   return claims
@@ -338,6 +338,9 @@ def run_study(out: pathlib.Path, quick: bool, seeds: Sequence[int], kl_coefs: Se
 
 # Per run workdir: its markers, training scalars, evaluation summaries and episodes (gzipped), not its
 # checkpoints, warm start or TensorBoard events.
+# What the study writes into the kept copy besides runs (rewritten by each study, never restored).
+CLAIMS_FILES, REPORT_DIR, STUDY_LOG = ("claims.md", "claims.json"), "report", "study.json"
+STUDY_OUTPUTS = (*CLAIMS_FILES, REPORT_DIR, STUDY_LOG)
 KEPT_FILES = (ablations.RUN_MARKER, ablations.EVALS_MARKER, "metrics.jsonl", "eval/*.json",
               "eval/*.episodes.jsonl")
 
@@ -376,7 +379,7 @@ def restore(kept: pathlib.Path, out: pathlib.Path) -> int:
     return copied
   for src in sorted(kept.rglob("*")):
     rel = src.relative_to(kept)
-    if not src.is_file() or rel.parts[0] in ("report", "claims.md", "claims.json", "study.json"):
+    if not src.is_file() or rel.parts[0] in STUDY_OUTPUTS:
       continue
     target = out / rel
     if target.exists() or (target.suffix == ".gz" and target.with_suffix("").exists()):

@@ -292,6 +292,7 @@ class Session:
     """`python -m rlef_jax.report` over the chosen records of each run (None: the evaluations that
     training wrote). Each run is a model of the report, labelled "<arm> s<seed>"."""
     from rlef_jax import report as report_lib  # pylint: disable=g-import-not-at-top
+    from rlef_jax import report_records  # pylint: disable=g-import-not-at-top
     out = self.root / "reports" / self.notebook / _slug(name)
     views = out / "runs"
     shutil.rmtree(views, ignore_errors=True)
@@ -300,8 +301,9 @@ class Session:
       view = views / _slug(run.name)
       (view / "eval").mkdir(parents=True)
       for record in (run.training_records() if records is None else records):
-        for suffix in (".json", ".episodes.jsonl", ".episodes.jsonl.gz"):
-          src = run.workdir / "eval" / (record + suffix)
+        summary = run.workdir / "eval" / f"{record}.json"
+        episodes = report_records.episodes_file(str(summary))  # plain or gzipped (a kept run)
+        for src in [summary] + ([pathlib.Path(episodes)] if episodes else []):
           if src.exists():
             shutil.copyfile(src, view / "eval" / src.name)
       if (run.workdir / "metrics.jsonl").exists():
