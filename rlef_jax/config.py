@@ -150,6 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
   r.loss_aggregation = "token_mean"  # [U] our choice: policy loss averaged over all policy tokens of a minibatch ("token_mean") or per turn first ("turn_mean")
   r.behaviour_correction = True  # multiply ratios by stopgrad(min(pi/pi_b, 1)) (paper App. A.1)
   r.async_rollouts = False  # [U] our choice of default: True samples the next round's rollouts (from the policy before this round's updates) while this round's updates run, the paper's split of inference and training; the behaviour correction above accounts for the lag (logged as rollout/policy_lag_updates and logp/behaviour_kl); one process only
+  r.old_logp = "rescore"  # [U] our choice: where the PPO ratio's pi_theta_old log-probs come from: "rescore" (a forward pass of the current policy over the round) | "sampler" (the sampler's own log-probs, which equal them up to float rounding in a synchronous round: one of the round's three scoring passes saved; not with async_rollouts, whose rollouts come from an older policy)
   r.kl_clamp = 20.0  # [U] our choice: clamp per-token log(pi/rho) to +-this before averaging (0 = off)
 
   c.optim = o = ml_collections.ConfigDict()
@@ -251,7 +252,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rl.rollouts_per_round": _ge(1), "rl.minibatch_size": _ge(1),
     "rl.updates_per_round": _ge(1), "rl.score_batch_size": _ge(-1), "rl.update_bucket_tokens": _ge(0),
     "rl.num_microbatches": ((lambda v: v != 0), ">= 1, or -k for k episodes per data-parallel shard per chunk"),
-    "rl.reference_dtype": _DTYPE,
+    "rl.reference_dtype": _DTYPE, "rl.old_logp": _choice("rescore", "sampler"),
     "optim.lr": _gt(0), "optim.value_lr": _gt(0), "optim.weight_decay": _ge(0),
     "optim.warmup_steps": _ge(0),
     "optim.schedule_after_warmup": _choice("constant", "cosine", "linear"),
@@ -393,6 +394,10 @@ def validate(config, num_devices: int | None = None) -> None:
   if rl.score_batch_size > 0 and rl.rollouts_per_round % rl.score_batch_size:
     raise errors.ConfigError(f"config.rl.rollouts_per_round ({rl.rollouts_per_round}) must be a multiple "
                              f"of config.rl.score_batch_size ({rl.score_batch_size}), or set it to 0")
+  if rl.old_logp == "sampler" and rl.async_rollouts:
+    raise errors.ConfigError("config.rl.old_logp='sampler' needs synchronous rollouts: with "
+                             "config.rl.async_rollouts the rollouts come from the policy before the last "
+                             "round's updates, so pi_theta_old must be rescored ('rescore')")
   if rl.reference_dtype == "bfloat16" and config.model.dtype != "bfloat16":
     raise errors.ConfigError("config.rl.reference_dtype='bfloat16' needs config.model.dtype='bfloat16': in "
                              f"{config.model.dtype!r} compute the rounded reference would not be the initial policy "

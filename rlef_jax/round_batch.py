@@ -66,6 +66,8 @@ def score(run: Any, state: ppo.TrainState, ref_params: Any, batch: dict, fns: di
   """With `fns` from `make_score_fns(run)`: log-probs of the round's tokens under the current policy
   (π_θold) and the reference ρ, and the values at each turn's last prompt token: host arrays `[B, L]`,
   `[B, L]`, `[B, T]` (with `rl.value_level = "token"` the values are per response token, `[B, L]`).
+  With `rl.old_logp = "sampler"` π_θold's are the sampler's own (`behaviour_logp_BxL`, zero off the
+  policy tokens) and only ρ and the values are computed.
 
   With n = `score_batch_size(...)` below B the episodes are scored n at a time in order of length,
   each pass padded only to its own longest episode (rounded up to 64 tokens): less padding to
@@ -76,15 +78,18 @@ def score(run: Any, state: ppo.TrainState, ref_params: Any, batch: dict, fns: di
   where = batch["turn_id_BxL"] if per_token else batch["value_index_BxT"]  # where values are read
   B, L = tokens_BxL.shape
 
+  rescore = run.config.rl.old_logp == "rescore"
+
   def one_pass(tokens_np, where_np):
     tokens = to_device(run, tokens_np)
-    return (distributed.to_host(fns["logprob"](state.policy_params, tokens)),
+    return (distributed.to_host(fns["logprob"](state.policy_params, tokens)) if rescore else None,
             distributed.to_host(fns["logprob"](ref_params, tokens)),
             distributed.to_host(fns["value"](state.value_params, tokens, to_device(run, where_np))))
 
   n = score_batch_size(run.config, B, run.mesh)
   if n == B:
-    return one_pass(tokens_BxL, where)
+    old_logp, ref_logp, old_values = one_pass(tokens_BxL, where)
+    return (old_logp if rescore else batch["behaviour_logp_BxL"]), ref_logp, old_values
   order = np.argsort(batch["length_B"], kind="stable")
   old_logp, ref_logp = np.zeros((B, L), np.float32), np.zeros((B, L), np.float32)
   old_values = np.zeros(where.shape, np.float32)
@@ -92,9 +97,11 @@ def score(run: Any, state: ppo.TrainState, ref_params: Any, batch: dict, fns: di
     rows = order[start:start + n]
     width = min(L, rollout_lib.round_up(int(batch["length_B"][rows].max()), 64))
     cols = slice(0, width) if per_token else slice(None)
-    old_logp[rows, :width], ref_logp[rows, :width], old_values[rows, cols] = one_pass(
-        tokens_BxL[rows, :width], where[rows, cols])
-  return old_logp, ref_logp, old_values
+    old_part, ref_logp[rows, :width], old_values[rows, cols] = one_pass(tokens_BxL[rows, :width],
+                                                                         where[rows, cols])
+    if rescore:
+      old_logp[rows, :width] = old_part
+  return (old_logp if rescore else batch["behaviour_logp_BxL"]), ref_logp, old_values
 
 
 def make_round_batch(run: Any, state: ppo.TrainState, ref_params: Any,

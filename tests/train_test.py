@@ -188,6 +188,36 @@ def test_async_rollouts_refuse_several_processes(monkeypatch, data_dir, tmp_path
     run.close()
 
 
+def test_old_logp_from_the_sampler_gives_the_rescored_run(tmp_path, data_dir, uninterrupted):
+  """rl.old_logp = "sampler": pi_theta_old's log-probs are the sampler's own instead of a rescoring
+  pass; in a synchronous round they differ by float noise only, so the run is the rescored one up to
+  that noise (a wrong source, e.g. zeros or another round's, moves the params by far more)."""
+  train_lib.train(tiny_config(data_dir, **{"rl.old_logp": "sampler"}),
+                  str(tmp_path))
+  lines = metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
+  rescored = metrics_lib.read_jsonl(uninterrupted[0] / "metrics.jsonl")
+  assert [l["logp/sampler_vs_trainer_abs_diff"] for l in lines] == [0.0, 0.0]
+  assert rescored[0]["logp/sampler_vs_trainer_abs_diff"] > 0
+  for line, ref in zip(lines, rescored):
+    assert line["solve/private"] == ref["solve/private"]  # the same rollouts: same params up to noise
+    np.testing.assert_allclose(line["policy_loss"], ref["policy_loss"], rtol=1e-3, atol=1e-6)
+  _, state = _checkpoint_state(tmp_path)
+  _, ref_state = _checkpoint_state(uninterrupted[0])
+  params = [k for k in state if "policy_params" in k]
+  assert params
+  for key in params:
+    np.testing.assert_allclose(state[key], ref_state[key], atol=2e-5, err_msg=key)
+
+
+def test_old_logp_from_the_sampler_is_refused_with_async_rollouts(data_dir):
+  from rlef_jax import config as config_lib
+  from rlef_jax import errors
+  with pytest.raises(errors.ConfigError, match="old_logp='sampler' needs synchronous rollouts"):
+    config_lib.validate(tiny_config(data_dir, **{"rl.old_logp": "sampler", "rl.async_rollouts": True}))
+  with pytest.raises(errors.ConfigError, match="old_logp"):
+    config_lib.validate(tiny_config(data_dir, **{"rl.old_logp": "policy"}))
+
+
 @pytest.mark.slow  # about 90 s on 2 busy cores: a fresh process compiles everything again
 def test_sigterm_writes_a_final_checkpoint_and_exits_zero(tmp_path, data_dir):
   # Make sure the dataset exists before the child starts (the in-process runs may not have run).
