@@ -74,6 +74,16 @@ _ROPE_SCALING_FIELDS = ("factor", "low_freq_factor", "high_freq_factor",
                         "original_max_position_embeddings")
 
 
+# Fields added to the config after runs of the claims study were kept (experiments/claims.py
+# --keep), each with the value that computes what the code computed before the field existed. Run
+# names (experiments/notebooks/ablations.py fingerprints of the resolved config) leave such a field
+# out at that value, so the kept runs are still found. Add a field here when it joins the config.
+FIELDS_ADDED_LATER: dict[str, Any] = {
+    "rl.old_logp": "rescore",
+    "model.remat_policy": "nothing_saveable",
+}
+
+
 def base_config() -> ml_collections.ConfigDict:
   """The full schema with the paper's Llama 3.1 8B values as defaults."""
   c = ml_collections.ConfigDict()
@@ -95,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.dtype = "bfloat16"  # compute dtype: "float32" | "bfloat16"
   m.param_dtype = "float32"  # stored params / optimizer dtype: "float32" | "bfloat16"
   m.remat = True  # rematerialise each decoder layer in the backward pass (saves activation memory)
+  m.remat_policy = "nothing_saveable"  # what a rematerialised layer keeps (jax.checkpoint_policies names): "nothing_saveable" (least memory; the layer's forward runs twice) | "dots_with_no_batch_dims_saveable" (its weight matmuls' outputs: only attention and elementwise work recomputed) | "dots_saveable" (every matmul output)
   m.scan_layers = True  # nn.scan over layers: params stacked on a leading "layers" axis, fast compile
   m.attention = "einsum"  # full-sequence attention (update, scoring): "einsum" (explicit float32 scores) | "blocked" (the same by 64-token query blocks, skipping the scores above the diagonal: ~2x faster on a CPU) | "dot_product" (jax.nn.dot_product_attention: cuDNN's fused kernel on a GPU where it applies, else XLA) | "xla" | "cudnn" (forced)
   m.init_checkpoint = ""  # "" = random init; else an HF model dir or an orbax params dir
@@ -244,7 +255,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # The env fields are checked by env_config.EnvConfig, in validate().
     "execution.workers": _ge(0),
     "execution.sandbox": _choice("auto", "bwrap", "unshare", "weak"),
-    "model.attention": _choice(*model.ATTENTION),
+    "model.attention": _choice(*model.ATTENTION), "model.remat_policy": _choice(*model.REMAT_POLICIES),
     "sampling.temperature": _ge(0), "sampling.top_p": _half_open(0, 1),
     "sampling.max_new_tokens": _ge(1), "sampling.max_context_length": _ge(2),
     "sampling.max_concurrent_episodes": _ge(0), "sampling.prefill_chunk": _ge(0),
@@ -469,5 +480,6 @@ def llama_config(model_cfg) -> model.LlamaConfig:
   if arch["rope_scaling"] is not None:
     arch["rope_scaling"] = model.RopeScaling(**arch["rope_scaling"])
   return model.LlamaConfig(**arch, param_dtype=model_cfg.param_dtype, dtype=model_cfg.dtype,
-                           remat=model_cfg.remat, scan_layers=model_cfg.scan_layers,
+                           remat=model_cfg.remat, remat_policy=model_cfg.remat_policy,
+                           scan_layers=model_cfg.scan_layers,
                            attention=model_cfg.attention)

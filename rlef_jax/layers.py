@@ -257,7 +257,8 @@ def decoder(cfg: LlamaConfig, tokens_BxL: jnp.ndarray, cache: KVCache | None,
 
   layer_cls = DecoderLayer
   if cfg.remat:
-    layer_cls = nn.remat(layer_cls, prevent_cse=not cfg.scan_layers)
+    layer_cls = nn.remat(layer_cls, prevent_cse=not cfg.scan_layers,
+                         policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
   if cfg.scan_layers:
     stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,

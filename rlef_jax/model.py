@@ -23,7 +23,7 @@ import numpy as np
 
 from rlef_jax import layers, rope
 from rlef_jax.model_types import KVCache, LlamaConfig, RopeScaling  # noqa: F401  (the model's types, re-exported)
-from rlef_jax.model_types import ATTENTION, DTYPES  # noqa: F401  (ATTENTION re-exported)
+from rlef_jax.model_types import ATTENTION, DTYPES, REMAT_POLICIES  # noqa: F401  (ATTENTION, REMAT_POLICIES re-exported)
 
 def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
   """`[Dh/2]` float32 inverse frequencies, equal to transformers' `inv_freq` (llama3 scaling incl.)."""

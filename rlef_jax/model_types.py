@@ -14,6 +14,11 @@ import numpy as np
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTION = ("einsum", "blocked", "dot_product", "xla", "cudnn")  # LlamaConfig.attention
+# LlamaConfig.remat_policy: what a rematerialised layer keeps for its backward pass (the names of
+# `jax.checkpoint_policies`): nothing (the whole layer runs again), the outputs of its weight matmuls
+# (those without batch dimensions: q, k, v, o, gate, up, down; attention and the elementwise work run
+# again), or every matmul's output (the attention's too).
+REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +59,7 @@ class LlamaConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   remat: bool = False
+  remat_policy: str = "nothing_saveable"  # with remat: one of REMAT_POLICIES
   scan_layers: bool = False
   # Full-sequence attention (training, scoring; decoding always uses the cached einsum path):
   # "einsum" (explicit scores, float32 softmax), "blocked" (the same by query blocks, skipping the
@@ -85,6 +91,8 @@ class LlamaConfig:
                          f"got {getattr(self, name)!r}")
     if self.attention not in ATTENTION:
       raise ValueError(f"LlamaConfig.attention must be one of {ATTENTION}, got {self.attention!r}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"LlamaConfig.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
     if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
       raise ValueError(f"LlamaConfig.rms_norm_eps and rope_theta must be positive, got "
                        f"{self.rms_norm_eps}, {self.rope_theta}")

@@ -122,14 +122,34 @@ def test_scan_and_remat_match_plain_forward_and_grads():
 
   grad = lambda cfg: jax.jit(jax.value_and_grad(functools.partial(loss, cfg), has_aux=True))
   (l0, logits0), g0 = grad(TINY)(params)
-  for remat, scan in [(True, False), (False, True), (True, True)]:
-    cfg = dataclasses.replace(TINY, remat=remat, scan_layers=scan)
+  for remat, scan, policy in [(True, False, "nothing_saveable"), (False, True, "nothing_saveable"),
+                              (True, True, "nothing_saveable"), (True, True, "dots_with_no_batch_dims_saveable"),
+                              (True, False, "dots_saveable")]:
+    cfg = dataclasses.replace(TINY, remat=remat, scan_layers=scan, remat_policy=policy)
     p = M.stack_layers(params) if scan else params
     (l1, logits1), g1 = grad(cfg)(p)
     np.testing.assert_allclose(logits1, logits0, atol=1e-5)
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
     want = M.stack_layers(g0) if scan else g0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, want)
+
+
+def test_remat_policy_decides_what_the_backward_pass_keeps():
+  """model.remat_policy reaches the compiled program: over scanned layers, keeping the weight matmuls'
+  outputs holds more for the backward pass than keeping nothing, and no remat holds more still."""
+  cfg = dataclasses.replace(TINY, num_layers=4, scan_layers=True)
+  params = M.stack_layers(_params(dataclasses.replace(cfg, scan_layers=False)))
+  tokens = _tokens(1, (4, 64))
+
+  def temp_bytes(**changes):
+    model = M.Llama(dataclasses.replace(cfg, **changes))
+    loss = lambda p: jnp.mean(model.apply({"params": p}, tokens)[0])
+    return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+  nothing = temp_bytes(remat=True, remat_policy="nothing_saveable")
+  dots = temp_bytes(remat=True, remat_policy="dots_with_no_batch_dims_saveable")
+  plain = temp_bytes(remat=False)
+  assert nothing < dots < plain, (nothing, dots, plain)
 
 
 @pytest.mark.parametrize("attention,scan", [("dot_product", False), ("xla", True)])

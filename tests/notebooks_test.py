@@ -91,6 +91,33 @@ def test_a_run_has_the_same_name_in_every_clone(monkeypatch, tmp_path):
   assert ablations._fingerprint(moved) != here
 
 
+def test_a_field_added_later_keeps_the_kept_runs_names():
+  """A config field added after runs were kept, at the value that computes what the code did before
+  it (rlef_jax.config.FIELDS_ADDED_LATER), leaves the run names as they were: the names of
+  docs/reports/claims's kept runs (committed before such fields existed) are still computed. Another
+  value of that field is another run."""
+  sys.path.insert(0, str(NOTEBOOK_DIR))
+  try:
+    import ablations
+  finally:
+    sys.path.remove(str(NOTEBOOK_DIR))
+  from rlef_jax import config as config_lib
+  kept = {path.name for path in (ROOT / "docs" / "reports" / "claims" / "full").iterdir()}
+  assert f"tiny-s0-{ablations._fingerprint(ablations.make_config({}))}" in kept
+  token = ablations.make_config({"rl.value_level": "token"})
+  assert ablations._fingerprint(token) == "3610956825"  # the seed-0 token arm's name before the fields
+  for key, before in config_lib.FIELDS_ADDED_LATER.items():
+    group, field = key.split(".")
+    config = ablations.make_config({})
+    assert config[group][field] == before  # the default is the old behaviour
+    without = ablations.make_config({})
+    with without.unlocked():
+      del without[group][field]
+    assert ablations._fingerprint(without) == ablations._fingerprint(config)
+  changed = ablations.make_config({"rl.old_logp": "sampler"})
+  assert ablations._fingerprint(changed) != ablations._fingerprint(ablations.make_config({}))
+
+
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory):
   """Shared with tests/claims_test.py's QUICK study (the same folder of pytest's base temporary

@@ -22,6 +22,7 @@ command lines are printed), and `rlef_jax.report` (in process) for the tables an
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -109,7 +110,16 @@ def config_flags(overrides: Mapping[str, Any]) -> list[str]:
 def _fingerprint(config) -> str:
   """A hash of the resolved config. Paths inside the checkout (configs/tiny.py's tokenizer, shipped in
   the package) count relative to it, so a run has the same name in every clone: a study's kept runs
-  are found again on another machine or in another directory."""
+  are found again on another machine or in another directory. A field added to the config after
+  runs were kept (`rlef_jax.config.FIELDS_ADDED_LATER`) is left out while it holds the value that
+  computes what the code did before it existed, so those runs keep their names."""
+  from rlef_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for key, before in config_lib.FIELDS_ADDED_LATER.items():
+      group, field = key.split(".")
+      if field in config[group] and config[group][field] == before:
+        del config[group][field]
   text = config.to_json(sort_keys=True).replace(str(REPO_ROOT), "<checkout>")
   return hashlib.sha256(text.encode()).hexdigest()[:10]
 
