@@ -103,6 +103,19 @@ def test_a_field_added_later_keeps_the_kept_runs_names():
     sys.path.remove(str(NOTEBOOK_DIR))
   from rlef_jax import config as config_lib
   kept = {path.name for path in (ROOT / "docs" / "reports" / "claims" / "full").iterdir()}
+  # Every field the config has gained since the kept runs is listed (the kept RLEF run records the
+  # resolved config it ran): a new field missing from FIELDS_ADDED_LATER would rename every kept run.
+  recorded = json.loads((ROOT / "docs" / "reports" / "claims" / "full" / "tiny-s0-5be6edbcf4" /
+                         "notebook_run.json").read_text())["config"]
+
+  def flat(tree, prefix=""):
+    return {k for key, value in tree.items()
+            for k in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"})}
+
+  gained = flat(ablations.make_config({}).to_dict()) - flat(recorded)
+  assert gained == set(config_lib.FIELDS_ADDED_LATER), (
+      f"config fields added since the kept runs {sorted(gained)}: list each in "
+      "rlef_jax.config.FIELDS_ADDED_LATER with the value that computes what the code did before it")
   assert f"tiny-s0-{ablations._fingerprint(ablations.make_config({}))}" in kept
   token = ablations.make_config({"rl.value_level": "token"})
   assert ablations._fingerprint(token) == "3610956825"  # the seed-0 token arm's name before the fields
