@@ -27,6 +27,12 @@ def get_config():
   # unrolled unless converted with --scan_layers) are stacked on load.
   c.model.remat = True
   c.model.scan_layers = True
+  # our choice: the update's and scoring's attention by 64-token query blocks (the same logits, no
+  # scores above the diagonal): at 16 x 2048 tokens the update's temporaries 8.1 -> 6.3 GB and a scoring
+  # pass's 7.4 -> 2.1 GB (benchmarks/fit.py); at 4 x 512 an update 47.0 -> 39.2 s on 2 CPU cores
+  # (benchmarks/ppo_step.py; BUILD_NOTES.md "The update's MFU by remat policy"). The remat policy stays
+  # "nothing_saveable": keeping the matmul outputs is faster but does not fit 16 GB at 16 x 2048.
+  c.model.attention = "blocked"
   c.model.init_checkpoint = "checkpoints/smollm2-135m-instruct/params"  # made by the convert command above
   c.tokenizer.path = "checkpoints/smollm2-135m-instruct/tokenizer"  # the model's ChatML template and stop ids
 
@@ -50,7 +56,7 @@ def get_config():
   c.rl.rollouts_per_round = 64  # our choice, not the paper's 1024: a CPU- or single-GPU-sized round
   c.rl.minibatch_size = 16  # 4 updates per round of a quarter each, as the paper's 4 x 256 = 1024
   c.rl.updates_per_round = 4  # paper App. A.1 (4 updates per round)
-  c.rl.num_microbatches = 2  # our choice: 8-episode chunks; the update's in-loop peak on one device is 11.9 GB, 20.6 GB in one chunk (benchmarks/fit.py)
+  c.rl.num_microbatches = 2  # our choice: 8-episode chunks; the update's in-loop peak on one device is 10.1 GB with blocked attention (11.9 GB einsum), 20.6 GB in one chunk with einsum (benchmarks/fit.py)
   c.rl.score_batch_size = 16
   c.rl.logprob_chunk = 128  # our choice: a 49k vocabulary; 16 episodes x 2048 tokens of float32 logits would be 6.4 GB per pass (and again in the gradient)
 
