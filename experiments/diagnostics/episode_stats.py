@@ -93,4 +93,8 @@ if __name__ == "__main__":
   if len(sys.argv) < 2:
     print(__doc__.strip().splitlines()[3].strip(), file=sys.stderr)
     sys.exit(2)
-  sys.exit(main(sys.argv[1:]))
+  try:
+    sys.exit(main(sys.argv[1:]))
+  except BrokenPipeError:  # the reader stopped early (e.g. `| head`): nothing more to say
+    sys.stderr.close()
+    sys.exit(0)
