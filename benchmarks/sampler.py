@@ -145,14 +145,18 @@ def transformers_times(cfg, args) -> tuple[float, float] | None:
       rope_theta=cfg.rope_theta, max_position_embeddings=cfg.max_position_embeddings,
       tie_word_embeddings=cfg.tie_word_embeddings)
   dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-  model = transformers.LlamaForCausalLM(hf).to(dtype).eval()
-  ids = torch.randint(3, cfg.vocab_size, (args.batch, args.prompt))
+  device = "cuda" if torch.cuda.is_available() else "cpu"  # the same device kind as the JAX side
+  with torch.device(device):  # built there in its dtype: no float32 copy of an 8B model on the host
+    model = transformers.LlamaForCausalLM._from_config(hf, dtype=dtype).eval()
+  ids = torch.randint(3, cfg.vocab_size, (args.batch, args.prompt), device=device)
 
   def once(new):
     t = time.perf_counter()
     with torch.no_grad():
       out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
                            min_new_tokens=new, do_sample=False, pad_token_id=0)
+    if device == "cuda":
+      torch.cuda.synchronize()
     assert out.shape[1] == args.prompt + new
     return time.perf_counter() - t
 

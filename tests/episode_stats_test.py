@@ -55,6 +55,22 @@ def test_stats_against_hand_counts():
   assert st["episodes"] == 1 and st["first_answer_mode_share"] is None and st["timeouts"] == 0
 
 
+def test_first_answers_without_code_and_records_without_turn_logs():
+  mod = _module()
+  # problem c: first answers "", "", "v", "w": the two with code differ -> share 1/2 (not 2/4 or 1)
+  rows = [_ep("c", [""], [False], False), _ep("c", [""], [False], False),
+          _ep("c", ["v"], [False], False), _ep("c", ["w"], [False], False)]
+  assert mod.stats(rows)["multi_turn"]["first_answer_mode_share"] == 1 / 2
+  assert mod.stats(rows)["multi_turn"]["per_turn"][0]["valid"] == 2 / 4
+  # the estimators' minimal record: no turn_log, valid or turns
+  bare = [{"problem": "a", "solved": True, "public_passed": [False, True]},
+          {"problem": "a", "solved": False, "public_passed": [False]}]
+  s = mod.stats(bare)["multi_turn"]
+  assert (s["turns"], s["first_answer_mode_share"], s["timeouts"]) == (1.5, None, 0)
+  assert [(r["reached"], r["valid"], r["public"], r["repeats"]) for r in s["per_turn"]] == [
+      (2, None, 0.0, None), (1, None, 1.0, None)]
+
+
 def test_the_command_reads_gzipped_records_and_names_a_damaged_file(tmp_path):
   plain = tmp_path / "step_0.episodes.jsonl"
   plain.write_text("".join(json.dumps(e) + "\n" for e in EPISODES))

@@ -29,18 +29,21 @@ def _code(turn: dict[str, Any]) -> str:
 def stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
   """Per mode: episodes, solve rate, mean turns, truncated episodes; per turn t the episodes reaching
   it, valid and public-pass rates, and (t >= 2, from `turn_log`) the share of those turns whose code is
-  the previous turn's code, non-empty; the mean over problems with two or more episodes of the share of
-  the problem's episodes giving its most common first code (None without `turn_log`); and the number
+  the previous turn's code, non-empty; the mean over problems with two or more first answers holding
+  code of the share of them giving the problem's most common one (None without `turn_log`); and the number
   of test runs with a timeout verdict ('T' in `public_verdicts` and `final_verdicts`)."""
   out: dict[str, dict[str, Any]] = {}
   for mode in sorted({r.get("mode", "multi_turn") for r in rows}):
     rs = [r for r in rows if r.get("mode", "multi_turn") == mode]
-    logged = all(isinstance(r.get("turn_log"), list) and r["turn_log"] for r in rs)
+    logged = all(isinstance(r.get("turn_log"), list) and len(r["turn_log"]) == len(r["public_passed"])
+                 for r in rs)  # every turn's code is in the record
     per_turn = []
     for t in range(max(len(r["public_passed"]) for r in rs)):
       reached = [r for r in rs if len(r["public_passed"]) > t]
+      with_valid = [r for r in reached if len(r.get("valid") or []) > t]  # optional in a record
       row = {"turn": t + 1, "reached": len(reached),
-             "valid": sum(bool(r["valid"][t]) for r in reached) / len(reached),
+             "valid": (sum(bool(r["valid"][t]) for r in with_valid) / len(with_valid)
+                       if with_valid else None),
              "public": sum(bool(r["public_passed"][t]) for r in reached) / len(reached),
              "repeats": None}
       if t and logged:
@@ -52,7 +55,8 @@ def stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     if logged:
       by_problem: dict[str, list[str]] = collections.defaultdict(list)
       for r in rs:
-        by_problem[r["problem"]].append(_code(r["turn_log"][0]))
+        by_problem[r["problem"]].append(_code(r["turn_log"][0]))  # "" when the answer had no code
+      by_problem = {p: [c for c in codes if c] for p, codes in by_problem.items()}
       shares = [collections.Counter(codes).most_common(1)[0][1] / len(codes)
                 for codes in by_problem.values() if len(codes) > 1]
       mode_share = sum(shares) / len(shares) if shares else None
@@ -60,7 +64,7 @@ def stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     if logged:
       timeouts += sum(str(t.get("public_verdicts") or "").count("T") for r in rs for t in r["turn_log"])
     out[mode] = {"episodes": len(rs), "solved": sum(bool(r["solved"]) for r in rs) / len(rs),
-                 "turns": sum(int(r["turns"]) for r in rs) / len(rs),
+                 "turns": sum(int(r.get("turns", len(r["public_passed"]))) for r in rs) / len(rs),
                  "truncated": sum(bool(r.get("truncated")) for r in rs),
                  "per_turn": per_turn, "first_answer_mode_share": mode_share, "timeouts": timeouts}
   return out
@@ -84,14 +88,16 @@ def main(paths: list[str]) -> int:
             + ("-" if share is None else f"{share:.3f}"))
       for row in s["per_turn"]:
         repeats = "" if row["repeats"] is None else f", repeats previous code {row['repeats']:.3f}"
-        print(f"  turn {row['turn']}: reached by {row['reached']}, valid code {row['valid']:.3f}, "
+        valid = "-" if row["valid"] is None else f"{row['valid']:.3f}"
+        print(f"  turn {row['turn']}: reached by {row['reached']}, valid code {valid}, "
               f"passes public tests {row['public']:.3f}{repeats}")
   return 0
 
 
 if __name__ == "__main__":
   if len(sys.argv) < 2:
-    print(__doc__.strip().splitlines()[3].strip(), file=sys.stderr)
+    print("usage: " + next(line for line in __doc__.splitlines() if "python " in line).strip(),
+          file=sys.stderr)
     sys.exit(2)
   try:
     sys.exit(main(sys.argv[1:]))

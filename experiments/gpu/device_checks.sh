@@ -17,7 +17,8 @@
 #   sampler1b  benchmarks/sampler.py, llama3.2-1b, bf16 params and compute: batch 1 and 64, the cache
 #              just filled (769 slots) and 8192 (flat in the allocated length: item 2), with
 #              transformers generate on the same shapes (items 1-2)
-#   sampler8b  the same for llama3.1-8b at batch 64 and 1 (targets: >= 8,000 and >= 200 tok/s)
+#   sampler8b  the same for llama3.1-8b at batch 64 and 1 (targets: >= 8,000 and >= 200 tok/s), the
+#              long cache 4096 slots (with transformers beside, ~75 GB at batch 64: an H200 is safer)
 #   update1b   benchmarks/ppo_step.py, 1B policy + value at 16 x 1024, bf16 compute: einsum attention
 #              against cuDNN's, then cuDNN with the remat policies (item 3: >= 45% MFU)
 #   anomaly    the tiny warm start, then 4 multi-turn evaluations of it at once and one alone, with XLA's
@@ -60,7 +61,12 @@ fi
 OUTDIR="${1:-${OUT:-/tmp/device_checks}}"
 WORK="${WORK:-/tmp/device_checks_work}"
 mkdir -p "$OUTDIR" "$WORK"
-pack() { cp "$WORK/steps.log" "$OUTDIR/" 2>/dev/null; tar -czf "$OUTDIR/device_checks.tar.gz" --exclude=checkpoints --exclude=reference_params -C "$WORK" . ; }
+STEP_PID=""
+pack() {  # on any exit: stop the step in flight (its process group), then leave the two files
+  [[ -n "$STEP_PID" ]] && kill -TERM -- "-$STEP_PID" 2>/dev/null
+  cp "$WORK/steps.log" "$OUTDIR/" 2>/dev/null
+  tar -czf "$OUTDIR/device_checks.tar.gz" --exclude=checkpoints --exclude=reference_params -C "$WORK" .
+}
 trap pack EXIT
 PY="${PYTHON:-python3}"
 if [[ -d .whl ]]; then  # the carried wheels of what the image lacks, nothing it has replaced
@@ -83,6 +89,8 @@ fi
 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . >> "$WORK/install.log" 2>&1 \
   || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
+export PYTHONUNBUFFERED=1  # a step stopped at its limit keeps the figures it printed
+shopt -s nullglob
 STEPS="${STEPS:-sampler1b,sampler8b,update1b,anomaly}"
 SMOKE="${SMOKE:-0}"
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" | tee "$WORK/devices.log"
@@ -95,12 +103,14 @@ run_step() {  # NAME LIMIT_S COMMAND...: one step (a function too), output in WO
   set -m  # the step in a process group of its own, so that its time limit stops all it started
   ( set +m; "$@" ) > "$WORK/$name.log" 2>&1 &
   local pid=$!
+  STEP_PID=$pid
   set +m
-  ( sleep "$limit"; kill -TERM -- "-$pid" ) 2>/dev/null &
+  ( exec >/dev/null 2>&1; sleep "$limit" & wait $!; kill -TERM -- "-$pid" ) &
   local watchdog=$!
   wait "$pid"
   local rc=$?
-  kill "$watchdog" 2>/dev/null
+  STEP_PID=""
+  pkill -P "$watchdog" sleep 2>/dev/null; kill "$watchdog" 2>/dev/null
   echo "step $name: rc $rc in $((SECONDS - t0)) s (limit $limit s)" | tee -a "$WORK/steps.log"
   grep -E "tok/s|s/step|MFU|transformers|MT 1@3|^multi_turn|timeouts|episodes" "$WORK/$name.log" | tail -20 \
     | tee -a "$WORK/steps.log"
@@ -108,24 +118,27 @@ run_step() {  # NAME LIMIT_S COMMAND...: one step (a function too), output in WO
 
 if ((SMOKE)); then
   size1b=(--preset=tiny --vocab_size=491); size8b=(--preset=tiny --vocab_size=491)
-  tokens=(--prompt=16 --new=8); big_cache=128; small_cache=25; reps=1
+  tokens=(--prompt=16 --new=8); big_cache=128; big_cache8b=128; small_cache=25; reps=1
   update=(--config=configs/tiny.py --batch=8 --length=64 --steps=1 --set model.dtype=bfloat16)
 else
   size1b=(--preset=llama3.2-1b); size8b=(--preset=llama3.1-8b)
-  tokens=(--prompt=512 --new=256); big_cache=8192; small_cache=769; reps=2
+  # 8B at batch 64: an 8192-slot bf16 KV cache would be 68.7 GB beside 16 GB of weights (over an H100's
+  # memory), so the long cache is 4096 slots there (34.4 GB); on an H200 8192 fits.
+  tokens=(--prompt=512 --new=256); big_cache=8192; big_cache8b=4096; small_cache=769; reps=2
   update=(--config=configs/llama8b.py --set model.preset=llama3.2-1b --batch=16 --length=1024 --steps=3
-          --set model.dtype=bfloat16 --set rl.num_microbatches=1)
+          --set model.dtype=bfloat16 --set rl.num_microbatches=1 --set mesh.fsdp=1 --set mesh.tensor=1)
 fi
 bf16=(--dtype=bfloat16 --param_dtype=bfloat16 --reps=$reps)
 
-sampler_cases() {  # SIZE...: batch 64 then 1, cache just filled and allocated long, transformers beside
+sampler_cases() {  # LONG_CACHE SIZE...: batch 64 then 1, the cache just filled and allocated long,
+  local long="$1"; shift  # transformers generate beside (on the GPU too)
   "$PY" benchmarks/sampler.py "$@" "${tokens[@]}" "${bf16[@]}" --batch=64 \
-    --cache=$small_cache,$big_cache --transformers \
-  && "$PY" benchmarks/sampler.py "$@" "${tokens[@]}" "${bf16[@]}" --batch=1 \
-    --cache=$small_cache,$big_cache --transformers
+    --cache=$small_cache,$long --transformers
+  "$PY" benchmarks/sampler.py "$@" "${tokens[@]}" "${bf16[@]}" --batch=1 \
+    --cache=$small_cache,$long --transformers
 }
-run_step sampler1b 120 sampler_cases "${size1b[@]}"
-run_step sampler8b 150 sampler_cases "${size8b[@]}"
+run_step sampler1b 120 sampler_cases "$big_cache" "${size1b[@]}"
+run_step sampler8b 150 sampler_cases "$big_cache8b" "${size8b[@]}"
 
 update_cases() {
   for case in "--set model.attention=einsum" "--set model.attention=cudnn" \
