@@ -2,7 +2,7 @@
 
   python benchmarks/sampler.py --preset=smollm2-135m --batch=32 --prompt=64 --new=128 \
       [--cache=0,1024,4096] [--dtype=float32] [--param_dtype=float32] [--temperature=0] \
-      [--scan_layers] [--transformers] [--peak_gflops=X --bandwidth_gbs=Y] [--history=0,512,1536]
+      [--scan_layers] [--transformers] [--peak_gflops=X --bandwidth_gbs=Y] [--history=0,512,1536] [--matmuls]
 
 Random-initialised models of the project's presets (rlef_jax.config.MODEL_PRESETS, or --layers /
 --hidden ... overrides for a custom size). For each allocated cache length (`--cache`, 0 = just what
@@ -23,7 +23,11 @@ untimed), and the call feeds the prompt chunk (the feedback message) and samples
 time staying flat in the history shows a turn's continuation costs O(new tokens), not a re-prefill
 of the dialogue. With `--transformers` (and torch installed) the same model and shapes run through
 transformers' `generate` (greedy, `min_new_tokens` = `max_new_tokens`) in the same process, for a
-side-by-side figure. Nothing here is a test: figures go to BUILD_NOTES.md with the command line.
+side-by-side figure. With `--matmuls` it also times the decode step's matrix products alone — every
+weight matrix of the model applied to B one-token rows in the model's order (a jitted chain of `x @ W`
+and the output projection; no attention, norms, cache or sampling) — the floor this backend's matmuls
+put under any sampler of the model, beside the roofline's. Nothing here is a test: figures go to
+BUILD_NOTES.md with the command line.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -120,6 +125,53 @@ def generate_timer(params, cfg, args, cache_len: int, new: int, history: int = 0
   return once
 
 
+def _layer_kernels(params, num_layers: int) -> list[dict]:
+  """Each layer's weight matrices as 2-D `[in, out]` arrays (unrolled `layers_i` or stacked `layers`)."""
+  def layer(i):
+    if "layers" in params:
+      return jax.tree.map(lambda x: x[i], params["layers"])
+    return params[f"layers_{i}"]
+  out = []
+  for i in range(num_layers):
+    p = layer(i)
+    attn, mlp = p["attn"], p["mlp"]
+    two_d = lambda k, n_in: k.reshape(int(np.prod(k.shape[:n_in])), -1)
+    out.append({"q": two_d(attn["q"]["kernel"], 1), "k": two_d(attn["k"]["kernel"], 1),
+                "v": two_d(attn["v"]["kernel"], 1), "o": two_d(attn["o"]["kernel"], 2),
+                "gate": mlp["gate"]["kernel"], "up": mlp["up"]["kernel"], "down": mlp["down"]["kernel"]})
+  return out
+
+
+def matmul_timer(params, cfg, batch: int):
+  """A function timing the decode step's matrix products alone on `batch` one-token rows: per layer
+  q, k, v, o, gate, up, down in the model's order (each product feeding the next as in the layer),
+  then the output projection as the model computes it (the tied embedding `x E^T`, or `lm_head`)."""
+  dt = cfg.compute_jnp_dtype
+  cast = lambda x: x.astype(dt)
+  params = nn.unbox(params)
+  layers = jax.tree.map(cast, _layer_kernels(params, cfg.num_layers))
+  head = cast(params["lm_head"]["kernel"] if "lm_head" in params else params["embed"]["embedding"])
+
+  @jax.jit
+  def step(x, layers, head):
+    for w in layers:
+      q, k, v = x @ w["q"], x @ w["k"], x @ w["v"]
+      x = x + q @ w["o"] + (k.sum() + v.sum()) * 0.0  # k, v kept live; their use is attention's
+      x = x + (x @ w["gate"] * (x @ w["up"])) @ w["down"]
+    if "lm_head" in params:
+      return x @ head
+    return jnp.einsum("bd,vd->bv", x, head, preferred_element_type=jnp.float32)
+
+  x = jnp.ones((batch, cfg.hidden_size), dt) * 0.01
+  step(x, layers, head).block_until_ready()
+
+  def once():
+    t = time.perf_counter()
+    step(x, layers, head).block_until_ready()
+    return time.perf_counter() - t
+  return once
+
+
 def interleaved_medians(timers: dict, reps: int) -> dict:
   """Median time of each timer over `reps` rounds, the timers taking turns within each round, so that
   a drift of the machine's speed (these machines are noisy) hits every case alike."""
@@ -183,6 +235,8 @@ def main(argv=None) -> None:
   ap.add_argument("--temperature", type=float, default=0.0)
   ap.add_argument("--scan_layers", action="store_true")
   ap.add_argument("--transformers", action="store_true")
+  ap.add_argument("--matmuls", action="store_true",
+                  help="also time the decode step's matrix products alone (the backend's matmul floor)")
   ap.add_argument("--reps", type=int, default=2)
   ap.add_argument("--peak_gflops", type=float, default=None)
   ap.add_argument("--bandwidth_gbs", type=float, default=None)
@@ -213,6 +267,9 @@ def main(argv=None) -> None:
   for h in history:
     timers[("history", h, args.new)] = generate_timer(params, cfg, args, capacity, args.new, history=h)
     timers[("history", h, 1)] = generate_timer(params, cfg, args, capacity, 1, history=h)
+  if args.matmuls:
+    mm_once = matmul_timer(params, cfg, args.batch)
+    timers[("matmuls",)] = lambda: float(np.median([mm_once() for _ in range(10)]))
   t = interleaved_medians(timers, args.reps)
   for S in caches:
     t_new, t_one = t[("cache", S, args.new)], t[("cache", S, 1)]
@@ -227,6 +284,14 @@ def main(argv=None) -> None:
           f"(roofline {row['roofline_ms']:.2f} ms: {row['roofline']:.0%}), MFU {row['mfu']:.0%}")
     if args.json:
       print(json.dumps(row))
+  if args.matmuls:
+    flops = 2 * n_params * args.batch
+    bound = max(flops / (peak * 1e9), n_params * itemsize / (bw * 1e9))
+    mm = t[("matmuls",)]
+    print(f"matmuls alone (batch {args.batch}, one token): {mm * 1e3:8.2f} ms/step "
+          f"(roofline without attention {bound * 1e3:.2f} ms: {bound / mm:.0%}, {flops / mm / 1e9:.0f} GFLOP/s)")
+    if args.json:
+      print(json.dumps({"matmuls_ms": mm * 1e3, "roofline_ms": bound * 1e3, "roofline": bound / mm}))
   base = None
   for h in history:
     t_new, t_one = t[("history", h, args.new)], t[("history", h, 1)]
