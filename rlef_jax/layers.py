@@ -26,7 +26,8 @@ ACT_BLD = ("activation_batch", "activation_length", "activation_embed")
 # The residual stream between scanned layers (what remat keeps of each layer for the backward pass):
 # sharded along the length (sequence parallelism), so the saved stack is not a full copy per device.
 RESIDUAL_BLD = ("activation_batch", "activation_residual_length", "activation_embed")
-CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")  # one layer's k or v
+KEY_CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_head_dim", "cache_length")  # one layer's keys
+VALUE_CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")  # one layer's values
 
 
 def _fan_in_init(in_axes: tuple[int, ...], out_axes: tuple[int, ...]):
@@ -90,43 +91,46 @@ class RMSNorm(nn.Module):
     return y_BxLxD * scale_D.astype(cfg.compute_jnp_dtype)
 
 
-def _write_cache(cache_BxKxSxDh: jnp.ndarray, new_BxKxLxDh: jnp.ndarray,
-                 lengths_B: jnp.ndarray) -> jnp.ndarray:
-  """Writes row b's new keys (or values) to slots `lengths_B[b] + i`, in place on a donated buffer;
-  writes past the cache end are dropped (not shifted back as `dynamic_update_slice` would), so a chunk
+def _write_cache(cache: jnp.ndarray, new: jnp.ndarray, lengths_B: jnp.ndarray, slot_axis: int) -> jnp.ndarray:
+  """Writes row b's new keys (or values) to slots `lengths_B[b] + i` along `slot_axis` (of the
+  `[B, ...]` buffer; `new` has its L tokens on the same axis), in place on a donated buffer; writes
+  past the cache end are dropped (not shifted back as `dynamic_update_slice` would), so a chunk
   wider than a row needs, or the pad tokens of a finished row, can never overwrite that row's history."""
-  L = new_BxKxLxDh.shape[2]
+  L = new.shape[slot_axis]
+  lead = (slice(None),) * (slot_axis - 1)
 
-  def write(c_KxSxDh, n_KxLxDh, start):
-    return c_KxSxDh.at[:, start + jnp.arange(L)].set(n_KxLxDh, mode="drop")
+  def write(c, n, start):
+    return c.at[lead + (start + jnp.arange(L),)].set(n, mode="drop")
 
-  return jax.vmap(write)(cache_BxKxSxDh, new_BxKxLxDh.astype(cache_BxKxSxDh.dtype), lengths_B)
+  return jax.vmap(write)(cache, new.astype(cache.dtype), lengths_B)
 
 
 def _cached_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, kv, positions_BxL, lengths_B, dt,
                       attend_slots=None):
-  """Attention of the new tokens over the cache (after writing them into it), in the cache's
-  `[B, K, S, Dh]` layout: batch dims (b, k) lead in both operands, so no step transposes the cache.
+  """Attention of the new tokens over the cache (after writing them into it), in the cache's layouts
+  (keys `[B, K, Dh, S]`, values `[B, K, S, Dh]`: `KVCache`): batch dims (b, k) lead in both operands
+  and each product contracts a non-minor dim of the cache, so no step transposes or copies it.
   `attend_slots` (static): attend over the first W slots only, so a step costs O(W), not O(S), when
   the caller knows that every row's positions stay below W. Returns
-  `(out_BxLxHxDh, (k_BxKxSxDh, v_BxKxSxDh))`."""
+  `(out_BxLxHxDh, (k_BxKxDhxS, v_BxKxSxDh))`."""
   B, L, H, Dh = q_BxLxHxDh.shape
   K = k_BxLxKxDh.shape[2]
-  k_BxKxSxDh = _write_cache(kv[0], k_BxLxKxDh.transpose(0, 2, 1, 3), lengths_B)
-  v_BxKxSxDh = _write_cache(kv[1], v_BxLxKxDh.transpose(0, 2, 1, 3), lengths_B)
-  k_BxKxSxDh = nn.with_logical_constraint(k_BxKxSxDh, CACHE_AXES)
-  v_BxKxSxDh = nn.with_logical_constraint(v_BxKxSxDh, CACHE_AXES)
-  W = k_BxKxSxDh.shape[2] if attend_slots is None else min(attend_slots, k_BxKxSxDh.shape[2])
-  k_BxKxWxDh, v_BxKxWxDh = k_BxKxSxDh[:, :, :W], v_BxKxSxDh[:, :, :W]
+  k_BxKxDhxS = _write_cache(kv[0], k_BxLxKxDh.transpose(0, 2, 3, 1), lengths_B, slot_axis=3)
+  v_BxKxSxDh = _write_cache(kv[1], v_BxLxKxDh.transpose(0, 2, 1, 3), lengths_B, slot_axis=2)
+  k_BxKxDhxS = nn.with_logical_constraint(k_BxKxDhxS, KEY_CACHE_AXES)
+  v_BxKxSxDh = nn.with_logical_constraint(v_BxKxSxDh, VALUE_CACHE_AXES)
+  S = v_BxKxSxDh.shape[2]
+  W = S if attend_slots is None else min(attend_slots, S)
+  k_BxKxDhxW, v_BxKxWxDh = k_BxKxDhxS[..., :W], v_BxKxSxDh[:, :, :W]
   q_BxKxGxLxDh = q_BxLxHxDh.reshape(B, L, K, H // K, Dh).transpose(0, 2, 3, 1, 4)
-  scores_BxKxGxLxW = jnp.einsum("bkgld,bkwd->bkglw", q_BxKxGxLxDh, k_BxKxWxDh.astype(dt),
+  scores_BxKxGxLxW = jnp.einsum("bkgld,bkdw->bkglw", q_BxKxGxLxDh, k_BxKxDhxW.astype(dt),
                                 preferred_element_type=jnp.float32) * (Dh ** -0.5)
   visible_BxLxW = jnp.arange(W, dtype=jnp.int32)[None, None, :] <= positions_BxL[:, :, None]
   scores_BxKxGxLxW = jnp.where(visible_BxLxW[:, None, None], scores_BxKxGxLxW, jnp.finfo(jnp.float32).min)
   probs_BxKxGxLxW = jax.nn.softmax(scores_BxKxGxLxW, axis=-1).astype(dt)
   out_BxKxGxLxDh = jnp.einsum("bkglw,bkwd->bkgld", probs_BxKxGxLxW, v_BxKxWxDh.astype(dt))
   out_BxLxHxDh = out_BxKxGxLxDh.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)
-  return out_BxLxHxDh, (k_BxKxSxDh, v_BxKxSxDh)
+  return out_BxLxHxDh, (k_BxKxDhxS, v_BxKxSxDh)
 
 
 # Query tokens per block of `attention="blocked"`. Measured on the 2-core CPU (one layer of the tiny
@@ -267,8 +271,8 @@ def decoder(cfg: LlamaConfig, tokens_BxL: jnp.ndarray, cache: KVCache | None,
     return RMSNorm(cfg, name="norm")(x_BxLxD), embed, None
   keys, values = [], []
   for i in range(cfg.num_layers):
-    kv_i = None if cache is None else (nn.with_logical_constraint(cache.keys[i], CACHE_AXES),
-                                       nn.with_logical_constraint(cache.values[i], CACHE_AXES))
+    kv_i = None if cache is None else (nn.with_logical_constraint(cache.keys[i], KEY_CACHE_AXES),
+                                       nn.with_logical_constraint(cache.values[i], VALUE_CACHE_AXES))
     x_BxLxD, kv_i = layer_cls(cfg, attend_slots, name=f"layers_{i}")(x_BxLxD, kv_i, positions_BxL,
                                                                    lengths_B)
     if kv_i is not None:

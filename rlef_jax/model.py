@@ -35,18 +35,19 @@ def init_cache(config: LlamaConfig, batch_size: int, max_length: int) -> KVCache
   if batch_size <= 0 or max_length <= 0:
     raise ValueError(f"init_cache needs positive batch_size and max_length, got {batch_size}, "
                      f"{max_length}")
-  shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
+  B, K, Dh = batch_size, config.num_kv_heads, config.head_dim
   # Separate buffers: a cache is donated to the sampler, and one buffer cannot be donated twice.
-  zeros = lambda: tuple(jnp.zeros(shape, config.compute_jnp_dtype) for _ in range(config.num_layers))
-  return KVCache(zeros(), zeros(), jnp.zeros((batch_size,), jnp.int32))
+  zeros = lambda shape: tuple(jnp.zeros(shape, config.compute_jnp_dtype) for _ in range(config.num_layers))
+  return KVCache(zeros((B, K, Dh, max_length)), zeros((B, K, max_length, Dh)), jnp.zeros((B,), jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("capacity",))
 def grow_cache(cache: KVCache, capacity: int) -> KVCache:
   """`cache` with `capacity` slots per row (>= its current capacity); the new slots are empty."""
-  pad = ((0, 0), (0, 0), (0, capacity - cache.capacity), (0, 0))
-  grow = lambda xs: tuple(jnp.pad(x, pad) for x in xs)
-  return KVCache(grow(cache.keys), grow(cache.values), cache.lengths_B)
+  more = capacity - cache.capacity
+  grow = lambda xs, pad: tuple(jnp.pad(x, pad) for x in xs)
+  return KVCache(grow(cache.keys, ((0, 0), (0, 0), (0, 0), (0, more))),
+                 grow(cache.values, ((0, 0), (0, 0), (0, more), (0, 0))), cache.lengths_B)
 
 
 def unstack_layers(params: Any) -> Any:

@@ -121,8 +121,12 @@ class LlamaConfig:
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys/values (after RoPE) of every sequence so far, one buffer per layer in the attention's own
-  layout `[B, K, S, Dh]`; row b fills slots `< lengths_B[b]`.
+  """Keys/values (after RoPE) of every sequence so far, one buffer per layer in the layouts the decode
+  step's two products read without copying: keys `[B, K, Dh, S]`, values `[B, K, S, Dh]`; row b fills
+  slots `< lengths_B[b]`. Keys are stored transposed because the scores contract the head dim, and
+  XLA's dots (the CPU's measured, BUILD_NOTES "The keys' layout") are slow when the contracted dim is
+  the minor dim of the large operand: the scores of one token over 2048 slots took 4x longer with
+  keys `[B, K, S, Dh]`, while the values' product, contracting the slots, is fast as it is.
 
   One buffer per layer (not one stacked `[N, ...]` array): a decode step writes one slot of each
   layer in place and the attention reads the layer's buffer directly, so no step copies a layer's
@@ -130,7 +134,7 @@ class KVCache:
   every step: the step then costs O(allocated slots) in memory traffic). Decoding therefore runs
   the layers unrolled (`prepare_for_decoding` unstacks scan-trained params once).
   """
-  keys: tuple  # N arrays k_BxKxSxDh
+  keys: tuple  # N arrays k_BxKxDhxS
   values: tuple  # N arrays v_BxKxSxDh
   lengths_B: jnp.ndarray
 
@@ -141,4 +145,4 @@ class KVCache:
   @property
   def capacity(self) -> int:
     """S, the slots allocated per row."""
-    return self.keys[0].shape[2]
+    return self.values[0].shape[2]

@@ -28,6 +28,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlef_jax import layers
+from rlef_jax.model_types import KVCache
 
 MESH_AXES = ("data", "fsdp", "tensor")
 _BATCH = ("data", "fsdp")
@@ -58,7 +59,8 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("cache_head_dim", None),
 )
 
-CACHE_KV_AXES = layers.CACHE_AXES  # one layer's k or v: (cache_batch, cache_kv_heads, cache_length, cache_head_dim)
+CACHE_KEY_AXES = layers.KEY_CACHE_AXES  # one layer's keys: (cache_batch, cache_kv_heads, cache_head_dim, cache_length)
+CACHE_VALUE_AXES = layers.VALUE_CACHE_AXES  # one layer's values: (cache_batch, cache_kv_heads, cache_length, cache_head_dim)
 CACHE_LENGTHS_AXES = ("cache_batch",)
 
 
@@ -177,18 +179,13 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, params_sharding
 
 
 def cache_sharding(mesh: jax.sharding.Mesh, cache: Any) -> Any:
-  """Shardings for a `KVCache` (or its abstract shapes): each layer's k/v by `CACHE_KV_AXES`,
-  lengths by batch."""
-  kv = logical_sharding(mesh, CACHE_KV_AXES)
-  lengths = logical_sharding(mesh, CACHE_LENGTHS_AXES)
-
-  def one(x):
-    if np.ndim(x) == len(CACHE_KV_AXES):
-      return kv
-    if np.ndim(x) == len(CACHE_LENGTHS_AXES):
-      return lengths
-    raise ValueError(f"cache_sharding: unexpected cache leaf of shape {np.shape(x)}")
-  return jax.tree.map(one, cache)
+  """Shardings for a `KVCache` (or its abstract shapes): each layer's keys by `CACHE_KEY_AXES`, its
+  values by `CACHE_VALUE_AXES`, lengths by batch."""
+  if not isinstance(cache, KVCache):
+    raise ValueError(f"cache_sharding: expected a KVCache, got {type(cache).__name__}")
+  keys, values = logical_sharding(mesh, CACHE_KEY_AXES), logical_sharding(mesh, CACHE_VALUE_AXES)
+  return KVCache(tuple(keys for _ in cache.keys), tuple(values for _ in cache.values),
+                       logical_sharding(mesh, CACHE_LENGTHS_AXES))
 
 
 def init_cache(model_config, batch_size: int, max_length: int,

@@ -444,7 +444,7 @@ def test_attend_slots_and_grown_cache_leave_the_logits_unchanged():
   want, _ = apply({"params": params}, jnp.concatenate([prompt, steps], axis=1))
   _, cache = apply({"params": params}, prompt, M.init_cache(TINY, 2, 8))
   cache = M.grow_cache(cache, capacity=64)
-  assert cache.capacity == 64 and all(x.shape[2] == 64 for x in cache.keys + cache.values)
+  assert cache.capacity == 64 and all(k.shape[3] == v.shape[2] == 64 for k, v in zip(cache.keys, cache.values))
   window = 16  # < capacity; every position stays below it
   step = jax.jit(M.Llama(TINY).apply, static_argnames="attend_slots")
   for i in range(6):

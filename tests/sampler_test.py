@@ -364,8 +364,9 @@ def test_compacting_finished_rows_away_changes_nothing(params, temperature):
   # Slots past a row's length hold scratch (the pad each decoding step writes there): not compared.
   filled_BxS = np.arange(S)[None, :] < np.asarray(whole.cache.lengths_B)[:, None]
   np.testing.assert_array_equal(compacted.cache.lengths_B, whole.cache.lengths_B)
-  for a, b in zip(compacted.cache.keys + compacted.cache.values, whole.cache.keys + whole.cache.values):
-    mask = filled_BxS[:, None, :, None]
+  pairs = [(a, b, filled_BxS[:, None, None, :]) for a, b in zip(compacted.cache.keys, whole.cache.keys)]  # [B, K, Dh, S]
+  pairs += [(a, b, filled_BxS[:, None, :, None]) for a, b in zip(compacted.cache.values, whole.cache.values)]
+  for a, b, mask in pairs:
     # Another batch size is another matmul blocking: float32 rounding, on the scale of the tensor's
     # entries (keys and values up to ~6.5 here; differences to 1.8e-5 seen on an AMD EPYC machine,
     # also on entries near 0 that are sums of larger terms, where a fixed atol of 1e-5 failed).

@@ -164,7 +164,7 @@ def test_sharded_cache_prefill_and_decode_equal_unsharded(shape, host_params, ca
   ref1, ref2, ref_cache = cache_reference
 
   cache = sharding.init_cache(CFG, 8, 16, mesh)
-  kv_axes = (("data", "fsdp"), "tensor", None, None)  # [B, K, S, Dh] per layer
+  kv_axes = (("data", "fsdp"), "tensor", None, None)  # keys [B, K, Dh, S], values [B, K, S, Dh]
   for x in cache.keys + cache.values:
     assert_sharded_as(x, mesh, kv_axes)
   assert_sharded_as(cache.lengths_B, mesh, (("data", "fsdp"),))
