@@ -14,7 +14,8 @@
 # .whl/ (ignored by git); carry `.whl` in the run call, and this script installs there those the image
 # does not have (no dependency resolution: the versions are the venv's working set). STEPS=a,b runs a part:
 #
-#   sampler1b  benchmarks/sampler.py, llama3.2-1b, bf16 params and compute: batch 1 and 64, the cache
+#   sampler1b  benchmarks/cache_layout.py at the 1B's KV shapes (keys [B,K,Dh,S] against [B,K,S,Dh] on
+#              the GPU), then benchmarks/sampler.py, llama3.2-1b, bf16 params and compute: batch 1 and 64, the cache
 #              just filled (769 slots) and 8192 (flat in the allocated length: item 2), with
 #              transformers generate on the same shapes (items 1-2)
 #   sampler8b  the same for llama3.1-8b at batch 64 and 1 (targets: >= 8,000 and >= 200 tok/s), the
@@ -112,19 +113,19 @@ run_step() {  # NAME LIMIT_S COMMAND...: one step (a function too), output in WO
   STEP_PID=""
   pkill -P "$watchdog" sleep 2>/dev/null; kill "$watchdog" 2>/dev/null
   echo "step $name: rc $rc in $((SECONDS - t0)) s (limit $limit s)" | tee -a "$WORK/steps.log"
-  grep -E "tok/s|s/step|MFU|transformers|MT 1@3|^multi_turn|timeouts|episodes" "$WORK/$name.log" | tail -20 \
+  grep -E "tok/s|s/step|MFU|transformers|GB/s of cache|MT 1@3|^multi_turn|timeouts|episodes" "$WORK/$name.log" | tail -20 \
     | tee -a "$WORK/steps.log"
 }
 
 if ((SMOKE)); then
   size1b=(--preset=tiny --vocab_size=491); size8b=(--preset=tiny --vocab_size=491)
-  tokens=(--prompt=16 --new=8); big_cache=128; big_cache8b=128; small_cache=25; reps=1
+  tokens=(--prompt=16 --new=8); big_cache=128; big_cache8b=128; small_cache=25; reps=1; layout_batch=4
   update=(--config=configs/tiny.py --batch=8 --length=64 --steps=1 --set model.dtype=bfloat16)
 else
   size1b=(--preset=llama3.2-1b); size8b=(--preset=llama3.1-8b)
   # 8B at batch 64: an 8192-slot bf16 KV cache would be 68.7 GB beside 16 GB of weights (over an H100's
   # memory), so the long cache is 4096 slots there (34.4 GB); on an H200 8192 fits.
-  tokens=(--prompt=512 --new=256); big_cache=8192; big_cache8b=4096; small_cache=769; reps=2
+  tokens=(--prompt=512 --new=256); big_cache=8192; big_cache8b=4096; small_cache=769; reps=2; layout_batch=64
   update=(--config=configs/llama8b.py --set model.preset=llama3.2-1b --batch=16 --length=1024 --steps=3
           --set model.dtype=bfloat16 --set rl.num_microbatches=1 --set mesh.fsdp=1 --set mesh.tensor=1)
 fi
@@ -137,7 +138,13 @@ sampler_cases() {  # LONG_CACHE SIZE...: batch 64 then 1, the cache just filled 
   "$PY" benchmarks/sampler.py "$@" "${tokens[@]}" "${bf16[@]}" --batch=1 \
     --cache=$small_cache,$long --transformers
 }
-run_step sampler1b 120 sampler_cases "$big_cache" "${size1b[@]}"
+sampler1b_cases() {  # the attention products by KV-cache layout at the 1B's shapes (keys [B,K,Dh,S] were
+  # chosen on the CPU: BUILD_NOTES "The keys' layout"), then the sampler cases
+  "$PY" benchmarks/cache_layout.py --batch=$layout_batch --kv_heads=8 --group=4 --slots="$1" --head_dim=64 \
+    --dtype=bfloat16 --reps=3
+  sampler_cases "$@"
+}
+run_step sampler1b 120 sampler1b_cases "$big_cache" "${size1b[@]}"
 run_step sampler8b 150 sampler_cases "$big_cache8b" "${size8b[@]}"
 
 update_cases() {
