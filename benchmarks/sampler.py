@@ -217,15 +217,20 @@ def transformers_times(cfg, args) -> tuple[float, float] | None:
   return min(once(args.new) for _ in range(args.reps)), min(once(1) for _ in range(args.reps))
 
 
-def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_case_args(ap: argparse.ArgumentParser, new: int = 128) -> None:
+  """The model (a preset and its overrides) and the decoding case's shapes; `llama_config` reads them."""
   ap.add_argument("--preset", default="smollm2-135m")
   for key in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim",
               "vocab_size"):
     ap.add_argument(f"--{key}", type=int, default=None)
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--prompt", type=int, default=64)
-  ap.add_argument("--new", type=int, default=128)
+  ap.add_argument("--new", type=int, default=new)
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  add_case_args(ap)
   ap.add_argument("--cache", default="0", help="comma-separated allocated cache lengths (0 = just enough)")
   ap.add_argument("--history", default="",
                   help="comma-separated token counts already in the cache (a later turn's "

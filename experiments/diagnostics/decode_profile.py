@@ -71,23 +71,17 @@ def _elements(shape: str) -> int:
 
 
 def main(argv=None) -> None:
+  dump = _dump_dir()  # before jax is imported (by the benchmark module)
+  bench = _bench()
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--preset", default="smollm2-135m")
-  for key in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim",
-              "vocab_size"):
-    ap.add_argument(f"--{key}", type=int, default=None)
-  ap.add_argument("--batch", type=int, default=32)
-  ap.add_argument("--prompt", type=int, default=64)
-  ap.add_argument("--new", type=int, default=64)
+  bench.add_case_args(ap, new=64)
   ap.add_argument("--cache", type=int, default=0, help="allocated slots (0: just enough)")
   ap.add_argument("--history", type=int, default=0, help="tokens already in the cache")
   ap.add_argument("--temperature", type=float, default=0.0)
   ap.add_argument("--top", type=int, default=25)
   args = ap.parse_args(argv)
-  dump = _dump_dir()
   import jax  # noqa: E402  (after XLA_FLAGS)
   import numpy as np  # noqa: E402
-  bench = _bench()
   from rlef_jax import model as model_lib  # noqa: E402
   ns = types.SimpleNamespace(**vars(args), dtype="float32", param_dtype="float32", scan_layers=False)
   cache = args.cache or args.history + args.prompt + args.new + 1
