@@ -131,11 +131,11 @@ def _layer_kernels(params, num_layers: int) -> list[dict]:
     if "layers" in params:
       return jax.tree.map(lambda x: x[i], params["layers"])
     return params[f"layers_{i}"]
+  two_d = lambda k, n_in: k.reshape(int(np.prod(k.shape[:n_in])), -1)  # the first n_in axes are the input
   out = []
   for i in range(num_layers):
     p = layer(i)
     attn, mlp = p["attn"], p["mlp"]
-    two_d = lambda k, n_in: k.reshape(int(np.prod(k.shape[:n_in])), -1)
     out.append({"q": two_d(attn["q"]["kernel"], 1), "k": two_d(attn["k"]["kernel"], 1),
                 "v": two_d(attn["v"]["kernel"], 1), "o": two_d(attn["o"]["kernel"], 2),
                 "gate": mlp["gate"]["kernel"], "up": mlp["up"]["kernel"], "down": mlp["down"]["kernel"]})
@@ -255,6 +255,7 @@ def main(argv=None) -> None:
   params = model_lib.Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
   params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params)
   n_params = sum(x.size for x in jax.tree.leaves(params))
+  roofline_s = lambda flops, nbytes: max(flops / (peak * 1e9), nbytes / (bw * 1e9))  # the step's lower bound
   itemsize = jnp.dtype(cfg.compute_jnp_dtype).itemsize
   print(f"device {device.platform}:{device.device_kind} x{jax.device_count()}, jax {jax.__version__}; "
         f"peak {peak:.0f} GFLOP/s, bandwidth {bw:.1f} GB/s"
@@ -282,7 +283,7 @@ def main(argv=None) -> None:
     filled = args.prompt + args.new / 2  # mean filled slots over the decode
     kv_bytes = 2 * cfg.num_layers * args.batch * filled * cfg.num_kv_heads * cfg.head_dim * itemsize
     flops = 2 * n_params * args.batch + 4 * cfg.num_layers * args.batch * filled * cfg.num_heads * cfg.head_dim
-    bound = max(flops / (peak * 1e9), (n_params * itemsize + kv_bytes) / (bw * 1e9))
+    bound = roofline_s(flops, n_params * itemsize + kv_bytes)
     row = {"cache": S, "tok_s": args.batch * args.new / t_new, "ms_step": step * 1e3,
            "mfu": flops / step / (peak * 1e9), "roofline_ms": bound * 1e3, "roofline": bound / step}
     print(f"rlef_jax     cache {S:6d}: {row['tok_s']:8.1f} tok/s, {row['ms_step']:8.2f} ms/step "
@@ -291,7 +292,7 @@ def main(argv=None) -> None:
       print(json.dumps(row))
   if args.matmuls:
     flops = 2 * n_params * args.batch
-    bound = max(flops / (peak * 1e9), n_params * itemsize / (bw * 1e9))
+    bound = roofline_s(flops, n_params * itemsize)
     mm = t[("matmuls",)]
     print(f"matmuls alone (batch {args.batch}, one token): {mm * 1e3:8.2f} ms/step "
           f"(roofline without attention {bound * 1e3:.2f} ms: {bound / mm:.0%}, {flops / mm / 1e9:.0f} GFLOP/s)")

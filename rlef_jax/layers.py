@@ -109,7 +109,7 @@ def _cached_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, kv, positions_BxL, len
                       attend_slots=None):
   """Attention of the new tokens over the cache (after writing them into it), in the cache's layouts
   (keys `[B, K, Dh, S]`, values `[B, K, S, Dh]`: `KVCache`): batch dims (b, k) lead in both operands
-  and each product contracts a non-minor dim of the cache, so no step transposes or copies it.
+  and each product contracts a non-minor dim of its cache buffer (the layouts XLA's CPU dots read fast).
   `attend_slots` (static): attend over the first W slots only, so a step costs O(W), not O(S), when
   the caller knows that every row's positions stay below W. Returns
   `(out_BxLxHxDh, (k_BxKxDhxS, v_BxKxSxDh))`."""
