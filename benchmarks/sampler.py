@@ -2,6 +2,7 @@
 
   python benchmarks/sampler.py --preset=smollm2-135m --batch=32 --prompt=64 --new=128 \
       [--cache=0,1024,4096] [--dtype=float32] [--param_dtype=float32] [--temperature=0] \
+      [--draw=gumbel,blocked] \
       [--scan_layers] [--transformers] [--peak_gflops=X --bandwidth_gbs=Y] [--history=0,512,1536] [--matmuls]
 
 Random-initialised models of the project's presets (rlef_jax.config.MODEL_PRESETS, or --layers /
@@ -23,7 +24,8 @@ untimed), and the call feeds the prompt chunk (the feedback message) and samples
 time staying flat in the history shows a turn's continuation costs O(new tokens), not a re-prefill
 of the dialogue. With `--transformers` (and torch installed) the same model and shapes run through
 transformers' `generate` (greedy, `min_new_tokens` = `max_new_tokens`) in the same process, for a
-side-by-side figure. With `--matmuls` it also times the decode step's matrix products alone — every
+side-by-side figure. With several `--draw` values (at `--temperature` > 0) every case runs once per
+way of drawing the token, in the same rounds. With `--matmuls` it also times the decode step's matrix products alone — every
 weight matrix of the model applied to B one-token rows in the model's order (a jitted chain of `x @ W`
 and the output projection; no attention, norms, cache or sampling) — the floor this backend's matmuls
 put under any sampler of the model, beside the roofline's. Nothing here is a test: figures go to
@@ -97,10 +99,11 @@ def _prepare(params, cfg):
   return params, model_lib.Llama(cfg)
 
 
-def generate_timer(params, cfg, args, cache_len: int, new: int, history: int = 0):
+def generate_timer(params, cfg, args, cache_len: int, new: int, history: int = 0, draw: str = "gumbel"):
   """A function timing one `generate` call on a prompt chunk of `args.prompt` tokens and `new` new
-  tokens (compiled by a first, untimed call here). With `history`, the cache already holds that many
-  tokens (earlier turns, fed untimed with `sampler.feed`): the call is a later turn's continuation."""
+  tokens (compiled by a first, untimed call here), tokens drawn by `draw` (`sampler.DRAWS`). With
+  `history`, the cache already holds that many tokens (earlier turns, fed untimed with
+  `sampler.feed`): the call is a later turn's continuation."""
   B, P = args.batch, args.prompt
   sparams, smodel = _prepare(params, cfg)
   rng = np.random.default_rng(0)
@@ -116,7 +119,7 @@ def generate_timer(params, cfg, args, cache_len: int, new: int, history: int = 0
     t = time.perf_counter()
     out = sampler.generate(sparams, cache, chunk, lens, jax.random.key(0), model=smodel,
                            max_new_tokens=new, temperature=args.temperature, top_p=1.0,
-                           stop_ids=(), pad_id=0)
+                           stop_ids=(), pad_id=0, draw=draw)
     jax.block_until_ready(out.tokens_BxT)
     assert int(np.min(out.lengths_B)) == new, "rows stopped early"
     return time.perf_counter() - t
@@ -226,6 +229,10 @@ def add_case_args(ap: argparse.ArgumentParser, new: int = 128) -> None:
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--prompt", type=int, default=64)
   ap.add_argument("--new", type=int, default=new)
+  ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; the trainer samples at 1")
+  ap.add_argument("--draw", default="gumbel",
+                  help="how a token is drawn at temperature > 0 (rlef_jax.sampler.DRAWS); "
+                       "benchmarks/sampler.py takes a comma-separated list and times each in turn")
 
 
 def main(argv=None) -> None:
@@ -237,7 +244,6 @@ def main(argv=None) -> None:
                        "continuation; timed: the feedback chunk + new tokens only)")
   ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   ap.add_argument("--param_dtype", default="float32", choices=("float32", "bfloat16"))
-  ap.add_argument("--temperature", type=float, default=0.0)
   ap.add_argument("--scan_layers", action="store_true")
   ap.add_argument("--transformers", action="store_true")
   ap.add_argument("--matmuls", action="store_true",
@@ -248,6 +254,9 @@ def main(argv=None) -> None:
   ap.add_argument("--json", action="store_true", help="also print one JSON line per cache length")
   args = ap.parse_args(argv)
   args.cache = [int(c) for c in args.cache.split(",")]
+  draws = args.draw.split(",")
+  if not set(draws) <= set(sampler.DRAWS):
+    sys.exit(f"sampler benchmark: --draw takes {', '.join(sampler.DRAWS)}, got {args.draw!r}")
   cfg = llama_config(args)
   device = jax.devices()[0]
   peak = args.peak_gflops or measure_peak_gflops(cfg.compute_jnp_dtype)
@@ -267,26 +276,29 @@ def main(argv=None) -> None:
   history = [int(h) for h in args.history.split(",") if h]
   capacity = max(history, default=0) + args.prompt + args.new + 1
   timers = {}
-  for S in caches:
-    timers[("cache", S, args.new)] = generate_timer(params, cfg, args, S, args.new)
-    timers[("cache", S, 1)] = generate_timer(params, cfg, args, S, 1)
-  for h in history:
-    timers[("history", h, args.new)] = generate_timer(params, cfg, args, capacity, args.new, history=h)
-    timers[("history", h, 1)] = generate_timer(params, cfg, args, capacity, 1, history=h)
+  for d in draws:
+    for S in caches:
+      timers[("cache", S, args.new, d)] = generate_timer(params, cfg, args, S, args.new, draw=d)
+      timers[("cache", S, 1, d)] = generate_timer(params, cfg, args, S, 1, draw=d)
+    for h in history:
+      timers[("history", h, args.new, d)] = generate_timer(params, cfg, args, capacity, args.new,
+                                                           history=h, draw=d)
+      timers[("history", h, 1, d)] = generate_timer(params, cfg, args, capacity, 1, history=h, draw=d)
   if args.matmuls:
     mm_once = matmul_timer(params, cfg, args.batch)
     timers[("matmuls",)] = lambda: float(np.median([mm_once() for _ in range(10)]))
   t = interleaved_medians(timers, args.reps)
-  for S in caches:
-    t_new, t_one = t[("cache", S, args.new)], t[("cache", S, 1)]
+  for d, S in ((d, S) for d in draws for S in caches):
+    t_new, t_one = t[("cache", S, args.new, d)], t[("cache", S, 1, d)]
     step = (t_new - t_one) / (args.new - 1)
     filled = args.prompt + args.new / 2  # mean filled slots over the decode
     kv_bytes = 2 * cfg.num_layers * args.batch * filled * cfg.num_kv_heads * cfg.head_dim * itemsize
     flops = 2 * n_params * args.batch + 4 * cfg.num_layers * args.batch * filled * cfg.num_heads * cfg.head_dim
     bound = roofline_s(flops, n_params * itemsize + kv_bytes)
-    row = {"cache": S, "tok_s": args.batch * args.new / t_new, "ms_step": step * 1e3,
+    row = {"cache": S, "draw": d, "tok_s": args.batch * args.new / t_new, "ms_step": step * 1e3,
            "mfu": flops / step / (peak * 1e9), "roofline_ms": bound * 1e3, "roofline": bound / step}
-    print(f"rlef_jax     cache {S:6d}: {row['tok_s']:8.1f} tok/s, {row['ms_step']:8.2f} ms/step "
+    label = f" {d}" if len(draws) > 1 else ""
+    print(f"rlef_jax{label:8s} cache {S:6d}: {row['tok_s']:8.1f} tok/s, {row['ms_step']:8.2f} ms/step "
           f"(roofline {row['roofline_ms']:.2f} ms: {row['roofline']:.0%}), MFU {row['mfu']:.0%}")
     if args.json:
       print(json.dumps(row))
@@ -298,15 +310,17 @@ def main(argv=None) -> None:
           f"(roofline without attention {bound * 1e3:.2f} ms: {bound / mm:.0%}, {flops / mm / 1e9:.0f} GFLOP/s)")
     if args.json:
       print(json.dumps({"matmuls_ms": mm * 1e3, "roofline_ms": bound * 1e3, "roofline": bound / mm}))
-  base = None
-  for h in history:
-    t_new, t_one = t[("history", h, args.new)], t[("history", h, 1)]
-    base = base or t_new
-    print(f"continuation after {h:6d} cached tokens (cache {capacity}): turn {t_new * 1e3:8.1f} ms "
-          f"({t_new / base:.2f}x the first), {(t_new - t_one) / (args.new - 1) * 1e3:8.2f} ms/step")
-    if args.json:
-      print(json.dumps({"history": h, "cache": capacity, "turn_ms": t_new * 1e3,
-                        "ms_step": (t_new - t_one) / (args.new - 1) * 1e3}))
+  for d in draws:
+    base = None
+    for h in history:
+      t_new, t_one = t[("history", h, args.new, d)], t[("history", h, 1, d)]
+      base = base or t_new
+      label = f" ({d} draw)" if len(draws) > 1 else ""
+      print(f"continuation after {h:6d} cached tokens (cache {capacity}){label}: turn {t_new * 1e3:8.1f} "
+            f"ms ({t_new / base:.2f}x the first), {(t_new - t_one) / (args.new - 1) * 1e3:8.2f} ms/step")
+      if args.json:
+        print(json.dumps({"history": h, "cache": capacity, "draw": d, "turn_ms": t_new * 1e3,
+                          "ms_step": (t_new - t_one) / (args.new - 1) * 1e3}))
   if args.transformers:
     times = transformers_times(cfg, args)
     if times is None:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import ml_collections
 from ml_collections import config_dict
 
-from rlef_jax import distributed, env_config, errors, model, ppo, sharding
+from rlef_jax import distributed, env_config, errors, model, ppo, sampler, sharding
 
 _ph = config_dict.placeholder
 
@@ -81,6 +81,7 @@ _ROPE_SCALING_FIELDS = ("factor", "low_freq_factor", "high_freq_factor",
 FIELDS_ADDED_LATER: dict[str, Any] = {
     "rl.old_logp": "rescore",
     "model.remat_policy": "nothing_saveable",
+    "sampling.draw": "gumbel",
 }
 
 
@@ -138,6 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling = ml_collections.ConfigDict()
   c.sampling.temperature = 1.0  # training sampling temperature (paper App. A.1)
   c.sampling.top_p = 1.0  # training nucleus mass; 1.0 = off (paper App. A.1: no top-p)
+  c.sampling.draw = "gumbel"  # [U] our choice: how a token is drawn at temperature > 0, in training and evaluation: "gumbel" (one Gumbel-max over the vocabulary, jax.random.categorical) | "blocked" (the same distribution in two levels, a block of the vocabulary by its mass then a token in it: ~2 sqrt(V) random numbers a row instead of V; other tokens for the same key, so runs are not bitwise those of "gumbel"; rlef_jax/sampler.py)
   c.sampling.max_new_tokens = 1024  # [U] our choice: tokens per response before it is cut off
   c.sampling.max_context_length = 8192  # [U] our choice: tokens per episode (the paper's SFT sequence length, App. A.3)
   c.sampling.prefill_chunk = 0  # [U] our choice: most new tokens per episode one prefill call takes; a longer prompt or feedback is first fed to the KV cache in pieces of this many (a call holds rows x heads x chunk x cache-slots attention scores); 0 = any length in one call
@@ -257,6 +259,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "execution.sandbox": _choice("auto", "bwrap", "unshare", "weak"),
     "model.attention": _choice(*model.ATTENTION), "model.remat_policy": _choice(*model.REMAT_POLICIES),
     "sampling.temperature": _ge(0), "sampling.top_p": _half_open(0, 1),
+    "sampling.draw": _choice(*sampler.DRAWS),
     "sampling.max_new_tokens": _ge(1), "sampling.max_context_length": _ge(2),
     "sampling.max_concurrent_episodes": _ge(0), "sampling.prefill_chunk": _ge(0),
     # The PPO fields (kl_coef, clip_eps, ...) are checked by ppo.PPOSettings, in validate().

@@ -195,6 +195,7 @@ def rollout_settings(config: Any, *, evaluation: bool) -> rollout_lib.RolloutSet
       max_context_length=config.sampling.max_context_length,
       temperature=config.eval.temperature if evaluation else config.sampling.temperature,
       top_p=config.eval.top_p if evaluation else config.sampling.top_p,
+      draw=config.sampling.draw,
       # Evaluation's own episode batch (eval.batch_size) when set: the engine runs that many at a time.
       max_episodes=(config.eval.batch_size if evaluation and config.eval.batch_size
                     else config.sampling.max_concurrent_episodes),

@@ -38,6 +38,7 @@ class RolloutSettings:
   max_context_length: int      # KV-cache slots per episode: prompt + all turns ([U])
   temperature: float           # 1.0 in training (paper App. A.1), 0.2 for 1@3 evaluation (paper §5.1)
   top_p: float                 # 1.0 in training, 0.95 in evaluation
+  draw: str = "gumbel"         # how a token is drawn (sampler.DRAWS; config.sampling.draw)
   num_groups: int = 2          # groups visited round-robin so execution overlaps generation
   length_bucket: int = 64      # prefill chunks are padded to a multiple of this (fewer compilations)
   min_cache: int = 256         # smallest KV-cache capacity; capacities are powers of two times this
@@ -215,7 +216,7 @@ class RolloutEngine:
         params, group.cache, self._global(new_BxL, group.global_size),
         self._global(num_new_B, group.global_size), self._global(key_data_Bx2, group.global_size),
         model=model,
-        max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+        max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, draw=s.draw,
         stop_ids=self.stop_ids, pad_id=self.tokenizer.pad_id,
         active_B=self._global(active_B, group.global_size), mesh=self.mesh)
     tokens_BxT = distributed.host_local(out.tokens_BxT)

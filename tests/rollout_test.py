@@ -73,10 +73,12 @@ def _env_config(**overrides):
 
 
 def _engine(model, llama_config, tokenizer, pool, *, num_groups=1, temperature=1.0,
-            max_context_length=640, mesh=None, max_episodes=0, prefill_chunk=0, **env_overrides):
+            max_context_length=640, mesh=None, max_episodes=0, prefill_chunk=0, draw="gumbel",
+            **env_overrides):
   settings = rollout_lib.RolloutSettings(max_new_tokens=NEW, max_context_length=max_context_length,
                                          temperature=temperature, top_p=1.0, num_groups=num_groups,
-                                         max_episodes=max_episodes, prefill_chunk=prefill_chunk)
+                                         max_episodes=max_episodes, prefill_chunk=prefill_chunk,
+                                         draw=draw)
   return rollout_lib.RolloutEngine(model, llama_config, tokenizer, pool, _env_config(**env_overrides),
                                    settings, mesh)
 
@@ -196,6 +198,25 @@ def test_behaviour_logp_equals_trainer_full_forward(recorded, tokenizer, model, 
     raw = [raw_BxT[b, :lengths_B[b]] for _, _, active_B, _, lengths_B, raw_BxT in calls if active_B[b]]
     for behaviour, raw_turn in zip(rec.behaviour_logp, raw):
       np.testing.assert_allclose(behaviour, raw_turn, atol=1e-6, rtol=0)
+
+
+def test_the_blocked_draw_reaches_the_sampler_and_keeps_the_behaviour_logp(
+    model, llama_config, tokenizer, pool, params, problems, recorded):
+  """config.sampling.draw = "blocked" goes to training's and evaluation's rollouts; its episodes are
+  other draws for the same key, and their behaviour log-probs are still the policy's."""
+  from rlef_jax import config as config_lib, experiment  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.sampling.draw = "blocked"
+  assert experiment.rollout_settings(config, evaluation=False).draw == "blocked"
+  assert experiment.rollout_settings(config, evaluation=True).draw == "blocked"
+  engine = _engine(model, llama_config, tokenizer, pool, draw="blocked")
+  records, _ = engine.run(params, problems, jax.random.key(7))
+  assert [r.episode.tokens for r in records] != [r.episode.tokens for r in recorded[0]]
+  batch = rollout_lib.to_batch(records, max_turns=MAX_TURNS, pad_id=tokenizer.pad_id)
+  logp = np.asarray(ppo.make_logprob_fn(model)(params, jnp.asarray(batch["tokens_BxL"])))
+  mask = batch["policy_mask_BxL"] > 0
+  assert mask.sum() > 50
+  np.testing.assert_allclose(batch["behaviour_logp_BxL"][mask], logp[mask], atol=1e-4, rtol=0)
 
 
 def test_same_rng_same_episodes(model, llama_config, tokenizer, pool, params, problems, recorded):

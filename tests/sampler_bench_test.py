@@ -52,14 +52,18 @@ def test_sampler_benchmark_reports_consistent_figures():
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks", "sampler.py"), "--preset=tiny", "--batch=4",
        "--prompt=8", "--new=8", "--cache=0,64", "--history=0,16", "--reps=1", "--matmuls", "--json",
+       "--temperature=1", "--draw=gumbel,blocked",
        "--peak_gflops=100", "--bandwidth_gbs=20"],
       capture_output=True, text=True, timeout=600, check=False)
   assert out.returncode == 0, out.stdout + out.stderr
   rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
   caches = [r for r in rows if "tok_s" in r]
-  assert [r["cache"] for r in caches] == [17, 64]  # 0: the prompt, the new tokens and the free slot
+  # 0: the prompt, the new tokens and the free slot; each case once per way of drawing the token
+  assert [(r["draw"], r["cache"]) for r in caches] == [("gumbel", 17), ("gumbel", 64), ("blocked", 17),
+                                                       ("blocked", 64)]
   for r in caches:  # ms_step is a difference of two timings: at these toy sizes noise can make it <= 0
     assert abs(r["roofline"] - r["roofline_ms"] / r["ms_step"]) < 1e-9
-  assert [r["history"] for r in rows if "history" in r] == [0, 16]
+  assert [(r["draw"], r["history"]) for r in rows if "history" in r] == [
+      ("gumbel", 0), ("gumbel", 16), ("blocked", 0), ("blocked", 16)]
   (mm,) = [r for r in rows if "matmuls_ms" in r]
   assert mm["matmuls_ms"] > 0 and abs(mm["roofline"] - mm["roofline_ms"] / mm["matmuls_ms"]) < 1e-9

@@ -388,3 +388,70 @@ def test_compacted_rows_are_padded_to_the_data_parallel_size(params):
                          **kwargs)
   np.testing.assert_array_equal(got.tokens_BxT, want.tokens_BxT)
   np.testing.assert_array_equal(got.lengths_B, want.lengths_B)
+
+
+@pytest.mark.parametrize("vocab,top_p", [(48, 1.0), (37, 1.0), (37, 0.7), (300, 1.0)])
+def test_the_blocked_draw_samples_the_softmax_exactly(vocab, top_p):
+  """The two-level draw (a block by its mass, then a token in it) has the distribution of one
+  Gumbel-max over the vocabulary: empirical frequencies over many keys against the softmax (a ragged
+  last block when V is not a multiple of the block; a nucleus leaves blocks empty), and its log
+  normaliser is logsumexp over V."""
+  rng = np.random.default_rng(vocab)
+  logits = rng.normal(scale=1.5, size=(3, vocab)).astype(np.float32)
+  logits[1, :5] += 6.0  # one peaked row
+  logq = np.asarray(sampler.sampling_logprobs_BxV(jnp.asarray(logits), 1.0, top_p)) if top_p < 1 else logits
+  n = 20000
+  keys = jax.random.split(jax.random.key(vocab), n)
+  draw = jax.jit(jax.vmap(lambda k: sampler.blocked_draw_B(jnp.stack([k] * 3), jnp.asarray(logq))))
+  tokens_NxB, logz_NxB = (np.asarray(x) for x in draw(keys))
+  for b in range(3):
+    z = logq[b].astype(np.float64)
+    want_logz = np.log(np.sum(np.exp(z[np.isfinite(z)] - z.max()))) + z.max()
+    np.testing.assert_allclose(logz_NxB[:, b], want_logz, rtol=1e-5, atol=1e-5)
+    p = np.exp(z - want_logz)
+    counts = np.bincount(tokens_NxB[:, b], minlength=vocab)
+    assert np.all(counts[p == 0] == 0)  # never outside the nucleus
+    # Each frequency within 4.5 standard errors, and a chi-square over the tokens expected >= 5 times.
+    se = np.sqrt(p * (1 - p) / n)
+    assert np.all(np.abs(counts / n - p) <= 4.5 * se + 2e-4), b
+    big = p * n >= 5
+    chi2 = np.sum((counts[big] - n * p[big]) ** 2 / (n * p[big]))
+    dof = int(big.sum()) - 1
+    assert chi2 < dof + 5 * np.sqrt(2 * dof), (b, chi2, dof)
+
+
+def test_a_wrong_draw_is_refused_and_the_blocked_draw_keeps_the_samplers_invariants(params):
+  """`draw="blocked"` in `generate`: log-probs equal the full forward's (T = 1, and T = 0.7 with a
+  nucleus), the draw depends on the row's own key only, and an unknown draw is one clear error."""
+  rng = np.random.default_rng(31)
+  prompts = _random_rows(rng, [4, 7, 3, 6])
+  chunk, lens = _chunk(prompts)
+  keys = jax.random.split(jax.random.key(7), 4)
+  with pytest.raises(ValueError, match="draw must be one of"):
+    sampler.generate(params, model_lib.init_cache(CFG, 4, S), chunk, lens, keys, model=MODEL,
+                     max_new_tokens=NEW, draw="uniform")
+  for temperature, top_p in [(1.0, 1.0), (0.7, 0.8)]:
+    out = sampler.generate(params, model_lib.init_cache(CFG, 4, S), chunk, lens, keys, model=MODEL,
+                           max_new_tokens=NEW, temperature=temperature, top_p=top_p, draw="blocked")
+    for b in range(4):
+      gen = _generated(out, b)
+      assert len(gen) == NEW
+      for i, tok in enumerate(gen):
+        logits = _next_logits(params, prompts[b] + gen[:i])
+        raw = _log_softmax(logits)
+        np.testing.assert_allclose(out.raw_logprobs_BxT[b, i], raw[tok], rtol=1e-4, atol=1e-4)
+        if top_p == 1.0:
+          np.testing.assert_allclose(out.logprobs_BxT[b, i], _log_softmax(logits / temperature)[tok],
+                                     rtol=1e-4, atol=1e-4)
+        else:
+          want = np.asarray(sampler.sampling_logprobs_BxV(jnp.asarray(logits[None], jnp.float32),
+                                                          temperature, top_p))[0]
+          assert np.isfinite(want[tok])  # inside the nucleus
+          np.testing.assert_allclose(out.logprobs_BxT[b, i], want[tok], rtol=1e-4, atol=1e-4)
+  # Row 2 alone with its key draws what it drew in the batch.
+  first = sampler.generate(params, model_lib.init_cache(CFG, 4, S), chunk, lens, keys, model=MODEL,
+                           max_new_tokens=NEW, draw="blocked")
+  c2, l2 = _chunk([prompts[2]])
+  alone = sampler.generate(params, model_lib.init_cache(CFG, 1, S), c2, l2, keys[2:3], model=MODEL,
+                           max_new_tokens=NEW, draw="blocked")
+  assert _generated(alone, 0) == _generated(first, 2)

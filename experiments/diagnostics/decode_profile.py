@@ -2,7 +2,7 @@
 step summed by kind and output shape (matmuls, the attention's products, sampling, copies).
 
   python experiments/diagnostics/decode_profile.py --preset=smollm2-135m --num_layers=17 --batch=32 \
-      [--prompt=64] [--new=64] [--cache=0] [--history=0] [--temperature=0] [--top=25]
+      [--prompt=64] [--new=64] [--cache=0] [--history=0] [--temperature=0] [--draw=gumbel] [--top=25]
 
 It builds the case as benchmarks/sampler.py does (a random model of the preset, a right-padded prompt
 chunk, `--history` tokens already in the cache), times two `generate` calls after a compiling one,
@@ -46,7 +46,8 @@ def _bench():
 
 def breakdown(trace_events: list, hlo_text: str, module: str = "jit__decode"):
   """(steps, {(kind, output shape): microseconds}) of `module`'s ops in a perfetto trace; steps are
-  the calls of its widest `[B, V]`-shaped op (the output projection, once per step)."""
+  the most common number of calls of one op (the loop body's ops run once a step; the widest op is
+  not a safe clock: at temperature 1 the random draw's `[B, V]` ops run several times a step)."""
   shapes = dict(re.findall(r"\n\s*%?([\w.\-]+) = (\S+)", hlo_text))
   total, calls = collections.Counter(), collections.Counter()
   for e in trace_events:
@@ -55,19 +56,11 @@ def breakdown(trace_events: list, hlo_text: str, module: str = "jit__decode"):
     name = e["name"]
     shape = shapes.get(name, "?")
     total[(re.sub(r"\.\d+$", "", name), shape)] += e["dur"]
-    calls[(name, shape)] += 1
-  widest = max(calls, key=lambda k: _elements(k[1]), default=None)
-  return (calls[widest] if widest else 0), total
-
-
-def _elements(shape: str) -> int:
-  m = re.match(r"\w+\[([\d,]*)\]", shape)
-  if not m or not m.group(1):
-    return 0
-  n = 1
-  for d in m.group(1).split(","):
-    n *= int(d)
-  return n
+    calls[name] += 1
+  counts = collections.Counter(calls.values())
+  # The most common count; a tie goes to the larger (ops outside the loop body run fewer times).
+  steps = max(counts, key=lambda n: (counts[n], n), default=0)
+  return steps, total
 
 
 def main(argv=None) -> None:
@@ -77,7 +70,6 @@ def main(argv=None) -> None:
   bench.add_case_args(ap, new=64)
   ap.add_argument("--cache", type=int, default=0, help="allocated slots (0: just enough)")
   ap.add_argument("--history", type=int, default=0, help="tokens already in the cache")
-  ap.add_argument("--temperature", type=float, default=0.0)
   ap.add_argument("--top", type=int, default=25)
   args = ap.parse_args(argv)
   import jax  # noqa: E402  (after XLA_FLAGS)
@@ -88,7 +80,10 @@ def main(argv=None) -> None:
   ns.cache = [cache]
   cfg = bench.llama_config(ns)
   params = model_lib.Llama(cfg).init(jax.random.key(0), np.zeros((1, 1), np.int32))["params"]
-  once = bench.generate_timer(params, cfg, ns, cache, args.new, history=args.history)
+  from rlef_jax import sampler  # noqa: E402
+  if args.draw not in sampler.DRAWS:
+    sys.exit(f"decode_profile: --draw takes one of {', '.join(sampler.DRAWS)}, got {args.draw!r}")
+  once = bench.generate_timer(params, cfg, ns, cache, args.new, history=args.history, draw=args.draw)
   times = [once() for _ in range(2)]
   trace_dir = tempfile.mkdtemp(prefix="decode_trace_")
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
@@ -105,7 +100,7 @@ def main(argv=None) -> None:
     sys.exit("decode_profile: the trace holds no op of the decoding loop")
   grand = sum(total.values())
   print(f"{args.preset} {cfg.num_layers} layers, batch {args.batch}, prompt {args.prompt}, new {args.new}, "
-        f"cache {cache}, history {args.history}, temperature {args.temperature}; untraced calls "
+        f"cache {cache}, history {args.history}, temperature {args.temperature}, draw {args.draw}; untraced calls "
         f"{', '.join(f'{t:.2f}' for t in times)} s")
   print(f"decoding loop: {steps} steps traced, {grand / steps / 1e3:.2f} ms of ops per step")
   for (kind, shape), us in total.most_common(args.top):
