@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue #13's GPU checks as one prepared script, for a session lent a GPU (the `device` tool: 15
 # minutes of device time in all, 10 minutes a command: run it as two calls on the warm machine,
-# STEPS=sampler1b,sampler8b (limits 270 s) then STEPS=update1b,anomaly (410 s)). Each step
+# STEPS=sampler1b,sampler8b (limits 300 s) then STEPS=update1b,anomaly (410 s)). Each step
 # writes STEP.log in a work folder ($WORK, default /tmp/device_checks_work); at the end, or when the
 # script is stopped, OUTDIR gets two files (the device tool brings back 8 at most): steps.log (each
 # step's status and headline figures) and device_checks.tar.gz (every log, the anomaly's episodes).
@@ -17,7 +17,8 @@
 #   sampler1b  benchmarks/cache_layout.py at the 1B's KV shapes (keys [B,K,Dh,S] against [B,K,S,Dh] on
 #              the GPU), then benchmarks/sampler.py, llama3.2-1b, bf16 params and compute: batch 1 and 64, the cache
 #              just filled (769 slots) and 8192 (flat in the allocated length: item 2), with
-#              transformers generate on the same shapes (items 1-2)
+#              transformers generate on the same shapes (items 1-2); at temperature 1, batch 64, the two
+#              ways of drawing the token (sampling.draw)
 #   sampler8b  the same for llama3.1-8b at batch 64 and 1 (targets: >= 8,000 and >= 200 tok/s), the
 #              long cache 4096 slots (with transformers beside, ~75 GB at batch 64: an H200 is safer)
 #   update1b   benchmarks/ppo_step.py, 1B policy + value at 16 x 1024, bf16 compute: einsum attention
@@ -143,8 +144,12 @@ sampler1b_cases() {  # the attention products by KV-cache layout at the 1B's sha
   "$PY" benchmarks/cache_layout.py --batch=$layout_batch --kv_heads=8 --group=4 --slots="$1" --head_dim=64 \
     --dtype=bfloat16 --reps=3
   sampler_cases "$@"
+  # As the trainer samples (temperature 1): the token drawn by one Gumbel-max over the vocabulary
+  # against the two-level draw (sampling.draw; ~25% of a CPU step at 49k tokens: BUILD_NOTES)
+  "$PY" benchmarks/sampler.py "${@:2}" "${tokens[@]}" "${bf16[@]}" --batch=64 --cache=$small_cache \
+    --temperature=1 --draw=gumbel,blocked
 }
-run_step sampler1b 120 sampler1b_cases "$big_cache" "${size1b[@]}"
+run_step sampler1b 150 sampler1b_cases "$big_cache" "${size1b[@]}"
 run_step sampler8b 150 sampler_cases "$big_cache8b" "${size8b[@]}"
 
 update_cases() {
