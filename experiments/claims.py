@@ -8,8 +8,9 @@
 
 One command trains every arm for every seed, evaluates what each claim needs, writes the report of
 `python -m rlef_jax.report` (tables and plots) over all of it, and then `claims.md` / `claims.json`: per
-claim the figures per seed with their 95% intervals, the mean over seeds and a verdict computed from
-those figures ("confirmed", "reversed" or "not confirmed"; rules in `verdict`).
+claim the figures per seed with their 95% intervals, each seed's difference with its ~95% band
+(`combine`), the mean over seeds and a verdict computed from those figures ("confirmed", "reversed"
+or "not confirmed"; rules in `verdict`), with the number of seeds whose difference clears its band.
 
 It is resumable: runs and evaluations are cached by their resolved config under `--out` (finished ones
 are loaded, an interrupted training resumes from its last checkpoint), so rerunning the command after a
@@ -115,6 +116,30 @@ def _diff(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> float | N
   return None if va is None or vb is None else va - vb
 
 
+Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
+
+
+def combine(*terms: tuple[int, Mapping[str, Any] | None]) -> tuple[float | None, float | None]:
+  """(sum of sign * value, half-width of its ~95% band) over `(sign, cell)` terms. Each cell's
+  standard error is read off its bootstrap interval (width / 2 z); the band adds them in quadrature as
+  if the estimates were independent. They are evaluations of the same problems, so positively
+  correlated, which makes the true noise of a difference smaller: the band errs wide (conservative)."""
+  values = [_value(cell) for _, cell in terms]
+  if None in values:
+    return None, None
+  total = sum(sign * v for (sign, _), v in zip(terms, values))
+  intervals = [cell.get("ci95") for _, cell in terms]
+  if any(not ci for ci in intervals):
+    return total, None
+  return total, Z95 * math.sqrt(sum(((hi - lo) / (2 * Z95)) ** 2 for lo, hi in intervals))
+
+
+def _band(value: float | None, half_width: float | None) -> str:
+  if value is None or half_width is None:
+    return _pp(value)
+  return f"{_pp(value)} ± {100 * half_width:.1f}"
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
   values = [v for v in values if v is not None]
   return sum(values) / len(values) if values else None
@@ -132,16 +157,37 @@ class Claim:
     self.header: list[str] = []
     self.rows: list[list[str]] = []
     self.differences: list[float | None] = []
+    self.bands: list[float | None] = []  # half-widths of the differences' ~95% bands (`combine`)
     self.verdict = "not run"
     self.note = ""
 
+  def add(self, difference: tuple[float | None, float | None]) -> str:
+    """Records one seed's (difference, band half-width) from `combine`; returns it as table text."""
+    self.differences.append(difference[0])
+    self.bands.append(difference[1])
+    return _band(*difference)
+
+  def outside_noise(self) -> int:
+    """Seeds whose difference lies outside its band, on the side the verdict names (the claimed side,
+    or the opposite one for "reversed")."""
+    sign = -1 if self.verdict == "reversed" else 1
+    return sum(1 for d, h in zip(self.differences, self.bands)
+               if d is not None and h is not None and sign * d > h)
+
+  def summary(self) -> str:
+    """The verdict with the seeds outside noise, e.g. "confirmed (3 of 3 seeds outside noise)"."""
+    if not self.differences or not any(h is not None for h in self.bands):
+      return self.verdict
+    return f"{self.verdict} ({self.outside_noise()} of {len(self.differences)} seeds outside noise)"
+
   def as_json(self) -> dict[str, Any]:
     return {"claim": self.number, "text": self.text, "verdict": self.verdict,
-            "differences": self.differences, "mean_difference": _mean(self.differences),
+            "differences": self.differences, "bands": self.bands,
+            "seeds_outside_noise": self.outside_noise(), "mean_difference": _mean(self.differences),
             "header": self.header, "rows": self.rows, "note": self.note}
 
   def markdown(self) -> str:
-    out = [f"### Claim {self.number}: {self.text}", "", f"**Verdict: {self.verdict}**"
+    out = [f"### Claim {self.number}: {self.text}", "", f"**Verdict: {self.summary()}**"
            + (f" (mean difference over seeds {_pp(_mean(self.differences))} points)"
               if self.differences else ""), ""]
     if self.rows:
@@ -165,8 +211,7 @@ def assess(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int], kl_coefs: Se
   c.header = ["seed", "MT 1@3 before RL", "MT 1@3 after RLEF", "difference (points)"]
   for s in seeds:
     b, a = pick(rows, name(RLEF, s), mt, before=True), pick(rows, name(RLEF, s), mt, before=False)
-    c.differences.append(_diff(a, b))
-    c.rows.append([str(s), _fmt(b), _fmt(a), _pp(c.differences[-1])])
+    c.rows.append([str(s), _fmt(b), _fmt(a), c.add(combine((1, a), (-1, b)))])
   c.verdict = verdict(c.differences)
   claims.append(c)
 
@@ -175,8 +220,7 @@ def assess(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int], kl_coefs: Se
   for s in seeds:
     m = pick(rows, name(RLEF, s), mt, before=False)
     st = pick(rows, name(RLEF, s), "st_1at3", before=False)
-    c.differences.append(_diff(m, st))
-    c.rows.append([str(s), _fmt(m), _fmt(st), _pp(c.differences[-1])])
+    c.rows.append([str(s), _fmt(m), _fmt(st), c.add(combine((1, m), (-1, st)))])
   c.verdict = verdict(c.differences)
   claims.append(c)
 
@@ -193,7 +237,7 @@ def assess(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int], kl_coefs: Se
       gaps_after[t].append(gap_after)
       growth = None if gap_before is None or gap_after is None else gap_after - gap_before
       if t == 3:
-        c.differences.append(_diff(cells[2], cells[3]))  # the claim's core: true > random after RL
+        c.add(combine((1, cells[2]), (-1, cells[3])))  # the claim's core: true > random after RL
       c.rows.append([str(s), str(t), *map(_fmt, cells), _pp(growth)])
   c.verdict = verdict(c.differences)
   mean_gaps = [(t, _mean(gaps_after[t])) for t in turn_limits]
@@ -205,10 +249,10 @@ def assess(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int], kl_coefs: Se
   c = Claim("4", "RL with the feedback withheld in training gains less MT 1@3 than RLEF (Table 6b)")
   c.header = ["seed", "RLEF gain (points)", "no-feedback RL gain (points)", "difference (points)"]
   for s in seeds:
-    gains = [_diff(pick(rows, name(arm, s), mt, before=False), pick(rows, name(arm, s), mt, before=True))
-             for arm in (RLEF, BLIND)]
-    c.differences.append(None if None in gains else gains[0] - gains[1])
-    c.rows.append([str(s), _pp(gains[0]), _pp(gains[1]), _pp(c.differences[-1])])
+    cells = [pick(rows, name(arm, s), mt, before=be) for arm in (RLEF, BLIND) for be in (False, True)]
+    gains = [_diff(cells[0], cells[1]), _diff(cells[2], cells[3])]
+    difference = c.add(combine((1, cells[0]), (-1, cells[1]), (-1, cells[2]), (1, cells[3])))
+    c.rows.append([str(s), _pp(gains[0]), _pp(gains[1]), difference])
   c.verdict = verdict(c.differences)
   claims.append(c)
 
@@ -220,12 +264,11 @@ def assess(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int], kl_coefs: Se
     # Training's evaluations (eval.max_turns = 3, whatever env.max_turns) hold MT 1@3 and ST pass@1.
     st_gain = _diff(pick(rows, name(SINGLE, s), "st_pass1", before=False),
                     pick(rows, name(SINGLE, s), "st_pass1", before=True))
-    mt_gain = _diff(pick(rows, name(SINGLE, s), mt, before=False),
-                    pick(rows, name(SINGLE, s), mt, before=True))
-    rlef_gain = _diff(pick(rows, name(RLEF, s), mt, before=False), pick(rows, name(RLEF, s), mt, before=True))
+    cells = [pick(rows, name(arm, s), mt, before=be) for arm in (RLEF, SINGLE) for be in (False, True)]
+    rlef_gain, mt_gain = _diff(cells[0], cells[1]), _diff(cells[2], cells[3])
     st_gains.append(st_gain)
-    c.differences.append(None if rlef_gain is None or mt_gain is None else rlef_gain - mt_gain)
-    c.rows.append([str(s), _pp(st_gain), _pp(mt_gain), _pp(rlef_gain), _pp(c.differences[-1])])
+    difference = c.add(combine((1, cells[0]), (-1, cells[1]), (-1, cells[2]), (1, cells[3])))
+    c.rows.append([str(s), _pp(st_gain), _pp(mt_gain), _pp(rlef_gain), difference])
   c.verdict = verdict(c.differences)
   c.note = (f"Verdict on RLEF's MT gain minus single-turn RL's. Single-turn RL's own ST pass@1 gain: "
             f"{verdict(st_gains)} (mean {_pp(_mean(st_gains))} points).")
@@ -237,10 +280,10 @@ def assess(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int], kl_coefs: Se
   c.header = ["seed", f"before: 1@{lo} -> 1@{hi} (points)", f"after: 1@{lo} -> 1@{hi} (points)",
               "difference (points)"]
   for s in seeds:
-    gains = [_diff(pick(rows, name(RLEF, s), mt, before=be, max_turns=hi),
-                   pick(rows, name(RLEF, s), mt, before=be, max_turns=lo)) for be in (True, False)]
-    c.differences.append(None if None in gains else gains[1] - gains[0])
-    c.rows.append([str(s), _pp(gains[0]), _pp(gains[1]), _pp(c.differences[-1])])
+    cells = [pick(rows, name(RLEF, s), mt, before=be, max_turns=t) for be in (True, False) for t in (hi, lo)]
+    gains = [_diff(cells[0], cells[1]), _diff(cells[2], cells[3])]
+    difference = c.add(combine((1, cells[2]), (-1, cells[3]), (-1, cells[0]), (1, cells[1])))
+    c.rows.append([str(s), _pp(gains[0]), _pp(gains[1]), difference])
   c.verdict = verdict(c.differences)
   claims.append(c)
 
@@ -250,9 +293,9 @@ def assess(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int], kl_coefs: Se
   for s in seeds:
     turn_level = pick(rows, name(RLEF, s), mt, before=False)
     token_level = pick(rows, name(TOKEN_VALUE, s), mt, before=False)
-    c.differences.append(_diff(turn_level, token_level))
+    difference = c.add(combine((1, turn_level), (-1, token_level)))
     token_gain = _diff(token_level, pick(rows, name(TOKEN_VALUE, s), mt, before=True))
-    c.rows.append([str(s), _fmt(turn_level), _fmt(token_level), _pp(c.differences[-1]), _pp(token_gain)])
+    c.rows.append([str(s), _fmt(turn_level), _fmt(token_level), difference, _pp(token_gain)])
   c.verdict = verdict(c.differences)
   c.note = ("Both arms start from the same warm-started policy (the value does not enter the warm start), "
             "so the after-RL figures compare the two value functions' training.")
@@ -395,9 +438,13 @@ def write_claims(out: pathlib.Path, claims: Sequence[Claim], report: Any, quick:
   if quick:
     head += ["**QUICK mode: a smoke test of the study; the numbers are not results.**", ""]
   head += [f"Report (tables, plots): {report.out / 'report.md'}. Figures in %, brackets: bootstrap 95% "
-           "intervals resampling problems (the evaluation's noise; the seeds show training's).", "",
+           "intervals resampling problems (the evaluation's noise; the seeds show training's). A "
+           "difference's ± is the half-width of its ~95% band, its terms' standard errors (read off "
+           "their intervals) added in quadrature as if independent: evaluations of the same problems "
+           "are positively correlated, so the band errs wide. A verdict needs the claimed sign on "
+           "every seed; \"outside noise\" counts the seeds whose difference also clears its band.", "",
            "| claim | verdict |", "|---|---|"]
-  head += [f"| {c.number}: {c.text} | {c.verdict} |" for c in claims]
+  head += [f"| {c.number}: {c.text} | {c.summary()} |" for c in claims]
   text = "\n".join(head + [""] + [c.markdown() for c in claims])
   (out / "claims.md").write_text(text)
   (out / "claims.json").write_text(json.dumps([c.as_json() for c in claims], indent=1))

@@ -31,6 +31,21 @@ def test_verdict_needs_the_sign_on_every_seed():
   assert claims.verdict([-0.1, -0.1], expected_sign=-1) == "confirmed"
 
 
+def test_a_differences_band_adds_the_terms_standard_errors_in_quadrature():
+  cell = lambda mean, lo, hi: {"mean": mean, "ci95": [lo, hi]}
+  # standard errors 0.03 and 0.04 (intervals of width 2 z se): the band is z * 0.05
+  value, band = claims.combine((1, cell(0.7, 0.7 - claims.Z95 * 0.03, 0.7 + claims.Z95 * 0.03)),
+                               (-1, cell(0.4, 0.4 - claims.Z95 * 0.04, 0.4 + claims.Z95 * 0.04)))
+  assert value == pytest.approx(0.3) and band == pytest.approx(claims.Z95 * 0.05)
+  assert claims.combine((1, cell(0.7, 0.6, 0.8)), (-1, None)) == (None, None)
+  assert claims.combine((1, {"mean": 0.7}), (-1, cell(0.4, 0.3, 0.5))) == (pytest.approx(0.3), None)
+  c = claims.Claim("x", "a claim")
+  c.verdict = "reversed"
+  c.add((-0.2, 0.1)), c.add((-0.05, 0.1)), c.add((0.3, 0.1))
+  assert c.outside_noise() == 1  # only -0.2 clears its band on the reversed side
+  assert c.summary() == "reversed (1 of 3 seeds outside noise)"
+
+
 def test_assess_reads_before_and_after_per_seed_and_decides_each_claim():
   seeds = (0, 1)
   rows = []
@@ -60,9 +75,16 @@ def test_assess_reads_before_and_after_per_seed_and_decides_each_claim():
   # Fig. 4b: gain from limit 1 to 5 is 0.25 before and 0.50 after RL
   assert out["6"].verdict == "confirmed" and out["6"].differences == pytest.approx([0.25, 0.25])
   assert out["7"].verdict == "not confirmed" and out["7"].differences == pytest.approx([0.10, -0.05])
-  assert "| 1 | 70.0 [65.0, 75.0] | 75.0 [70.0, 80.0] | -5.0 | +35.0 |" in out["7"].markdown()
+  # each difference carries its band: two cells of interval width 10 points -> 1.96 * sqrt(2) * 10 / 3.92
+  assert "| 1 | 70.0 [65.0, 75.0] | 75.0 [70.0, 80.0] | -5.0 ± 7.1 | +35.0 |" in out["7"].markdown()
   assert out["β"].rows == [["1", "—", "—", "—"]]  # no kl arm in these rows
-  assert "| 0 | 40.0 [35.0, 45.0] | 70.0 [65.0, 75.0] | +30.0 |" in out["1"].markdown()
+  assert "| 0 | 40.0 [35.0, 45.0] | 70.0 [65.0, 75.0] | +30.0 ± 7.1 |" in out["1"].markdown()
+  assert out["1"].summary() == "confirmed (2 of 2 seeds outside noise)"
+  # claim 4's difference of gains has four terms: a band of 1.96 * 2 * 10 / 3.92 = 10 points
+  assert out["4"].bands == pytest.approx([0.10, 0.10])
+  assert out["4"].outside_noise() == 1  # +20 clears its band, -10 does not (and is on the wrong side)
+  # +10 clears its band on the claimed side, -5 does not clear it on either
+  assert out["7"].summary() == "not confirmed (1 of 2 seeds outside noise)"
 
 
 def test_bad_arguments_get_one_line():
