@@ -215,12 +215,13 @@ def test_bad_inputs_raise_clear_errors(params):
     gen(model_lib.init_cache(CFG, 3, 16), chunk, np.array([4, 4]), jax.random.key(0))
 
 
-def test_sharded_generation_equals_unsharded(params):
+@pytest.mark.parametrize("draw", sampler.DRAWS)
+def test_sharded_generation_equals_unsharded(params, draw):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   rng = np.random.default_rng(5)
   prompts = _random_rows(rng, [5, 3, 8, 2])
   chunk, lens = _chunk(prompts)
-  kwargs = dict(model=MODEL, max_new_tokens=NEW, temperature=1.0)
+  kwargs = dict(model=MODEL, max_new_tokens=NEW, temperature=1.0, draw=draw)
   want = sampler.generate(params, model_lib.init_cache(CFG, 4, S), chunk, lens, jax.random.key(7),
                           **kwargs)
   sharded_params = sharding.shard_params(params, sharding.param_shardings(MODEL, mesh, params))
