@@ -167,18 +167,25 @@ class Claim:
     self.bands.append(difference[1])
     return _band(*difference)
 
-  def outside_noise(self) -> int:
-    """Seeds whose difference lies outside its band, on the side the verdict names (the claimed side,
-    or the opposite one for "reversed")."""
-    sign = -1 if self.verdict == "reversed" else 1
+  def outside_noise(self, sign: int | None = None) -> int:
+    """Seeds whose difference lies outside its band on one side: `sign` (1 the claimed side, -1 the
+    opposite), by default the side the verdict names (the opposite one for "reversed")."""
+    if sign is None:
+      sign = -1 if self.verdict == "reversed" else 1
     return sum(1 for d, h in zip(self.differences, self.bands)
                if d is not None and h is not None and sign * d > h)
 
   def summary(self) -> str:
-    """The verdict with the seeds outside noise, e.g. "confirmed (3 of 3 seeds outside noise)"."""
+    """The verdict with the seeds outside noise, e.g. "confirmed (3 of 3 seeds outside noise)"; a
+    claim not confirmed names both sides ("... (claimed side outside noise on 0 of 3 seeds, the
+    opposite side on 2)")."""
     if not self.differences or not any(h is not None for h in self.bands):
       return self.verdict
-    return f"{self.verdict} ({self.outside_noise()} of {len(self.differences)} seeds outside noise)"
+    n = len(self.differences)
+    if self.verdict.startswith("not confirmed"):
+      return (f"{self.verdict} (claimed side outside noise on {self.outside_noise(1)} of {n} seeds, "
+              f"the opposite side on {self.outside_noise(-1)})")
+    return f"{self.verdict} ({self.outside_noise()} of {n} seeds outside noise)"
 
   def as_json(self) -> dict[str, Any]:
     return {"claim": self.number, "text": self.text, "verdict": self.verdict,

@@ -44,6 +44,9 @@ def test_a_differences_band_adds_the_terms_standard_errors_in_quadrature():
   c.add((-0.2, 0.1)), c.add((-0.05, 0.1)), c.add((0.3, 0.1))
   assert c.outside_noise() == 1  # only -0.2 clears its band on the reversed side
   assert c.summary() == "reversed (1 of 3 seeds outside noise)"
+  assert c.outside_noise(1) == 1  # +0.3 on the claimed side
+  c.verdict = "not confirmed"
+  assert c.summary() == "not confirmed (claimed side outside noise on 1 of 3 seeds, the opposite side on 1)"
 
 
 def test_assess_reads_before_and_after_per_seed_and_decides_each_claim():
@@ -84,7 +87,8 @@ def test_assess_reads_before_and_after_per_seed_and_decides_each_claim():
   assert out["4"].bands == pytest.approx([0.10, 0.10])
   assert out["4"].outside_noise() == 1  # +20 clears its band, -10 does not (and is on the wrong side)
   # +10 clears its band on the claimed side, -5 does not clear it on either
-  assert out["7"].summary() == "not confirmed (1 of 2 seeds outside noise)"
+  assert out["7"].summary() == ("not confirmed (claimed side outside noise on 1 of 2 seeds, the "
+                                "opposite side on 0)")
 
 
 def test_bad_arguments_get_one_line():
