@@ -373,10 +373,10 @@ def run_study(out: pathlib.Path, quick: bool, seeds: Sequence[int], kl_coefs: Se
       entries.append((run, sorted(set(records))))
   report = session.report(entries, name="claims", show=False)
   claims = assess(report.summary_rows(), seeds, kl_coefs, turn_limits)
-  write_claims(out, claims, report, quick)
+  write_claims(out, claims, report.out / "report.md", quick)
   if kept is not None:
-    for name in CLAIMS_FILES:
-      shutil.copyfile(out / name, kept / name)
+    # The kept copy's claims.md names the report copied beside it (a path in the repository).
+    write_claims(kept, claims, pathlib.Path(REPORT_DIR) / "report.md", quick, show=False)
     report_copy = kept / REPORT_DIR
     shutil.rmtree(report_copy, ignore_errors=True)
     shutil.copytree(report.out, report_copy, ignore=shutil.ignore_patterns("runs"))
@@ -440,11 +440,13 @@ def restore(kept: pathlib.Path, out: pathlib.Path) -> int:
   return copied
 
 
-def write_claims(out: pathlib.Path, claims: Sequence[Claim], report: Any, quick: bool) -> None:
+def write_claims(out: pathlib.Path, claims: Sequence[Claim], report_md: pathlib.Path, quick: bool,
+                 show: bool = True) -> None:
+  """claims.md and claims.json in `out`; claims.md names the report as `report_md`."""
   head = ["# The paper's claims on the tiny synthetic setting", ""]
   if quick:
     head += ["**QUICK mode: a smoke test of the study; the numbers are not results.**", ""]
-  head += [f"Report (tables, plots): {report.out / 'report.md'}. Figures in %, brackets: bootstrap 95% "
+  head += [f"Report (tables, plots): {report_md}. Figures in %, brackets: bootstrap 95% "
            "intervals resampling problems (the evaluation's noise; the seeds show training's). A "
            "difference's ± is the half-width of its ~95% band, its terms' standard errors (read off "
            "their intervals) added in quadrature as if independent: evaluations of the same problems "
@@ -455,7 +457,8 @@ def write_claims(out: pathlib.Path, claims: Sequence[Claim], report: Any, quick:
   text = "\n".join(head + [""] + [c.markdown() for c in claims])
   (out / "claims.md").write_text(text)
   (out / "claims.json").write_text(json.dumps([c.as_json() for c in claims], indent=1))
-  print(text)
+  if show:
+    print(text)
   print(f"[claims] {out / 'claims.md'}")
 
 

@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -158,7 +159,11 @@ def test_the_study_runs_end_to_end_in_quick_mode(tmp_path_factory):
   data = json.loads((runs / "claims.json").read_text())
   # The kept copy holds every finished run without checkpoints; from it alone (a new machine) the
   # study trains and evaluates nothing again and reaches the same verdicts and figures.
-  assert (kept / "claims.md").read_text() == (runs / "claims.md").read_text()
+  # The same claims.md, except that the kept one names the report copied beside it.
+  kept_md, runs_md = (kept / "claims.md").read_text(), (runs / "claims.md").read_text()
+  assert "Report (tables, plots): report/report.md." in kept_md and (kept / "report" / "report.md").exists()
+  unnamed = lambda text: re.sub(r"Report \(tables, plots\): \S+\.", "Report.", text)
+  assert unnamed(kept_md) == unnamed(runs_md) and kept_md != runs_md
   assert not list(kept.rglob("checkpoints")) and list(kept.rglob("*.episodes.jsonl.gz"))
   again = study(tmp_path_factory.mktemp("new_machine"))
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
